@@ -1,0 +1,35 @@
+"""``streamgroup-sidecar``: parse the configuration, run until SIGTERM/SIGINT, exit cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+from . import logs
+from .config import ConfigError, parse_settings
+from .running import Sidecar
+
+
+async def _run(sidecar: Sidecar) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await sidecar.run(stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = parse_settings(sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        print(f"streamgroup-sidecar: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(settings.log_level)
+    asyncio.run(_run(Sidecar(settings)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

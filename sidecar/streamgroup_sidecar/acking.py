@@ -1,0 +1,88 @@
+"""Batched acknowledgements: many XACKs in one round trip, without a timer.
+
+Successful deliveries hand their IDs to :class:`Acker`. One flusher task sends
+everything collected so far in one pipeline; while that round trip is on the wire,
+new IDs gather for the next one ("group commit"). Under light load each ack goes
+out at once; under heavy load batches grow by themselves. If Redis is down the IDs
+stay in memory (few: nothing new is read while Redis is down, so at most the entries
+that were in flight) and are sent when it comes back; an entry whose ack is lost
+stays pending and is delivered again, never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+
+from .logs import Incident
+
+logger = logging.getLogger("streamgroup.acking")
+
+AckSender = Callable[[dict[str, list[str]]], Awaitable[None]]
+
+
+class Acker:
+    def __init__(self, send: AckSender, on_error: Callable[[BaseException], None],
+                 on_batch: Callable[[], None], retry_delay: float = 0.5) -> None:
+        self._send = send
+        self._on_error = on_error
+        self._on_batch = on_batch
+        self._retry_delay = retry_delay
+        self._buffer: defaultdict[str, list[str]] = defaultdict(list)
+        self._count = 0
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._incident = Incident(logger, "acknowledging entries (XACK)")
+
+    @property
+    def buffered(self) -> int:
+        return self._count
+
+    def ack(self, stream: str, entry_id: str) -> None:
+        self._buffer[stream].append(entry_id)
+        self._count += 1
+        self._idle.clear()
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Flush for ever; cancel to stop (call :meth:`flush` first to send what is left)."""
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            await self._flush_once_or_wait()
+
+    async def _flush_once_or_wait(self) -> None:
+        if not self._count:
+            self._idle.set()
+            return
+        batch, self._buffer, count = self._buffer, defaultdict(list), self._count
+        self._count = 0
+        try:
+            await self._send(dict(batch))
+        except Exception as exc:  # Redis down: put the batch back and try again later
+            self._incident.failed(exc)
+            self._on_error(exc)
+            for stream, ids in batch.items():
+                self._buffer[stream][:0] = ids
+            self._count += count
+            await asyncio.sleep(self._retry_delay)
+            self._wakeup.set()
+            return
+        self._incident.recovered()
+        self._on_batch()
+        if self._count:
+            self._wakeup.set()
+        else:
+            self._idle.set()
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait until everything buffered has been sent; ``False`` if that took longer than ``timeout``."""
+        self._wakeup.set()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True

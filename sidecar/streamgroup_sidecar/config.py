@@ -1,0 +1,497 @@
+"""The sidecar's configuration: one table of options, parsed from flags and ``SG_`` variables.
+
+The operator writes environment variables into the Deployment it generates and the
+sidecar reads them back; a single table (:data:`OPTIONS`) is the contract between
+the two. Flags win over the environment, so a person debugging a sidecar by hand
+can override one value without rewriting the others.
+
+Settings are grouped in one frozen dataclass per concern, in the style of kopf's
+settings: each field documents what it changes. Every option is validated at
+start-up, and the first bad one stops the process with a single line naming the
+flag, the variable and what was wrong, never the value of a secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from .ids import InvalidEntryID, start_position
+
+ENV_PREFIX = "SG_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the option."""
+
+
+# --- value parsers ------------------------------------------------------------------------
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """``"250ms"``, ``"5s"``, ``"1m30s"`` or a bare number of seconds, as float seconds."""
+    text = text.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        pos, total = 0, 0.0
+        for match in _DURATION_RE.finditer(text):
+            if match.start() != pos:
+                break
+            total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+            pos = match.end()
+        if pos != len(text) or not text:
+            raise ValueError("expected a duration like 250ms, 5s, 1m30s or a number of seconds") from None
+        return total
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError("expected a finite duration")
+    return value
+
+
+def _positive_duration(text: str) -> float:
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError("must be greater than zero")
+    return value
+
+
+def _non_negative_duration(text: str) -> float:
+    value = parse_duration(text)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+        if value < low:
+            raise ValueError(f"must be at least {low}")
+        return value
+
+    return parse
+
+
+def _float_between(low: float, high: float | None) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError("expected a number") from None
+        if value != value or value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise ValueError(f"must be {bound}")
+        return value
+
+    return parse
+
+
+def _string(text: str) -> str:
+    return text
+
+
+def _non_empty(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text.strip()
+
+
+def _stream_list(text: str) -> tuple[str, ...]:
+    streams = tuple(s.strip() for s in text.split(",") if s.strip())
+    if not streams:
+        raise ValueError("give at least one stream key")
+    if len(set(streams)) != len(streams):
+        raise ValueError("lists a stream twice")
+    return streams
+
+
+def _redis_url(text: str) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError("has no host")
+    if parts.path.strip("/") and parts.scheme != "unix" and not parts.path.strip("/").isdigit():
+        raise ValueError("database (the path) must be a number")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    return text.strip()
+
+
+def _http_url(text: str) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    return text.strip()
+
+
+def _optional_http_url(text: str) -> str | None:
+    return _http_url(text) if text.strip() else None
+
+
+def _status_set(text: str) -> frozenset[int]:
+    statuses: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isdigit() or not 400 <= int(part) <= 599:
+            raise ValueError(f"{part!r} is not an HTTP error status (400-599)")
+        statuses.add(int(part))
+    return frozenset(statuses)
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _start_from(text: str) -> str:
+    try:
+        return start_position(text)
+    except InvalidEntryID as exc:
+        raise ValueError(f"{exc}; use $, 0, an entry ID or an ISO-8601 timestamp") from None
+
+
+def _port(text: str) -> int:
+    value = _int_at_least(0)(text)
+    if value > 65535:
+        raise ValueError("must be a TCP port (0-65535)")
+    return value
+
+
+def _template_with_stream(text: str) -> str:
+    if "{stream}" not in text:
+        raise ValueError("must contain {stream}, e.g. {stream}:dead")
+    try:
+        text.format(stream="s")
+    except (KeyError, IndexError, ValueError):
+        raise ValueError("may use only the placeholder {stream}") from None
+    return text
+
+
+def _default_consumer(environ: Mapping[str, str]) -> str:
+    return environ.get("HOSTNAME") or socket.gethostname()
+
+
+# --- settings ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """Where the stream lives and how to authenticate."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    """``redis://`` or ``rediss://`` (TLS) URL; may carry user, password and db."""
+    username: str | None = None
+    """ACL user name; overrides the one in the URL."""
+    password: str | None = field(default=None, repr=False)
+    """Password; read from the environment only, so it never shows in ``ps``."""
+    tls_ca_file: str | None = None
+    """PEM bundle of CAs that sign the server's certificate (``rediss://`` only)."""
+    tls_cert_file: str | None = None
+    """Client certificate for mutual TLS."""
+    tls_key_file: str | None = None
+    """Key of the client certificate."""
+
+
+@dataclass(frozen=True)
+class GroupSettings:
+    """Which consumer group this sidecar belongs to."""
+
+    streams: tuple[str, ...] = ()
+    """Stream keys read by the group; the group is created on each of them."""
+    group: str = ""
+    """Consumer group name."""
+    consumer: str = ""
+    """This sidecar's consumer name; the pod name keeps it stable across restarts of a pod."""
+    start_from: str = "$"
+    """Where a group that does not exist yet starts. An existing group is never moved."""
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    """How entries become HTTP requests, and what the replies mean."""
+
+    app_url: str = "http://127.0.0.1:8080/"
+    """The application's endpoint; every entry is POSTed here."""
+    body: str = "json"
+    """``json``: a JSON object of the entry's fields. ``raw``: the bytes of :attr:`body_field`."""
+    body_field: str | None = None
+    """With ``body=raw``, the field whose bytes are the request body."""
+    content_type: str = "application/octet-stream"
+    """With ``body=raw``, the Content-Type sent."""
+    max_in_flight: int = 32
+    """Entries delivered at once, and the most this sidecar holds in memory."""
+    request_timeout: float = 30.0
+    """Seconds before one HTTP attempt counts as failed and is retried."""
+    max_deliveries: int = 10
+    """Attempts before an entry is dead-lettered; 0 means retry for ever."""
+    dead_letter_statuses: frozenset[int] = frozenset({400, 413, 415, 422})
+    """HTTP statuses meaning "this entry can never succeed": dead-lettered at once."""
+    dead_letter_stream: str = "{stream}:dead"
+    """Where dead letters go; ``{stream}`` is the source stream's key."""
+    cloudevents_type: str = "io.streamgroup.entry"
+    """The ``ce-type`` header."""
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """Back-off between attempts of one entry: exponential, capped, jittered."""
+
+    initial: float = 0.2
+    """Delay after the first failure, seconds."""
+    maximum: float = 30.0
+    """Largest delay, seconds."""
+    multiplier: float = 2.0
+    """Growth of the delay after each failure."""
+    jitter: float = 0.2
+    """Random spread as a fraction of the delay (0.2 → ±20%), so peers do not retry in step."""
+    retry_after_max: float = 600.0
+    """Cap on a ``Retry-After`` the app asks for, seconds."""
+
+
+@dataclass(frozen=True)
+class ReadSettings:
+    """How the read loop waits for new entries."""
+
+    block: float = 2.0
+    """Longest wait of one XREADGROUP for new entries, seconds."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The health and metrics endpoint."""
+
+    host: str = "0.0.0.0"
+    """Address the health/metrics server binds."""
+    port: int = 9400
+    """Port of ``/healthz``, ``/readyz`` and ``/metrics``; 0 picks a free one."""
+    stats_interval: float = 10.0
+    """How often the group's lag and pending are read for ``/metrics``, seconds."""
+
+
+@dataclass(frozen=True)
+class ShutdownSettings:
+    """What happens on SIGTERM."""
+
+    grace: float = 25.0
+    """Seconds to finish in-flight deliveries and flush acks before exiting."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    group: GroupSettings = field(default_factory=GroupSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    read: ReadSettings = field(default_factory=ReadSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
+    log_level: str = "info"
+
+
+# --- the option table ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting as users see it: a flag, an ``SG_`` variable, a default and a description."""
+
+    name: str
+    """Flag name without dashes; the variable is ``SG_`` + upper-case name with ``_``."""
+    target: str
+    """``section.field`` in :class:`Settings` (or just ``field`` for top-level ones)."""
+    parse: Callable[[str], Any]
+    default: str | None
+    help: str
+    required: bool = False
+    secret: bool = False
+    env_only: bool = False
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper().replace("-", "_")
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("redis-url", "redis.url", _redis_url, "redis://127.0.0.1:6379/0",
+           "Redis URL: `redis://` or `rediss://` (TLS), optional `user:password@`, db as the path.",
+           secret=True),
+    Option("redis-username", "redis.username", _non_empty, None, "ACL user; overrides the URL's."),
+    Option("redis-password", "redis.password", _string, None,
+           "Password; environment only (mount it from a Secret). Overrides the URL's.",
+           secret=True, env_only=True),
+    Option("redis-tls-ca-file", "redis.tls_ca_file", _non_empty, None,
+           "PEM file of CAs trusted for the server certificate (with `rediss://`)."),
+    Option("redis-tls-cert-file", "redis.tls_cert_file", _non_empty, None,
+           "Client certificate (PEM) for mutual TLS."),
+    Option("redis-tls-key-file", "redis.tls_key_file", _non_empty, None, "Key of the client certificate."),
+    Option("streams", "group.streams", _stream_list, None,
+           "Stream keys to read, comma-separated.", required=True),
+    Option("group", "group.group", _non_empty, None, "Consumer group name.", required=True),
+    Option("consumer", "group.consumer", _non_empty, None,
+           "Consumer name in the group. Default: `$HOSTNAME` (the pod name), else the host name."),
+    Option("start-from", "group.start_from", _start_from, "$",
+           "Where a new group starts: `$` (new entries only), `0` (the whole stream), after an entry ID, "
+           "or at an ISO-8601 timestamp with a zone. An existing group is never moved."),
+    Option("app-url", "delivery.app_url", _http_url, "http://127.0.0.1:8080/",
+           "The app endpoint each entry is POSTed to."),
+    Option("body", "delivery.body", _choice("json", "raw"), "json",
+           "`json`: a JSON object of the entry's fields. `raw`: the bytes of `--body-field` as they are."),
+    Option("body-field", "delivery.body_field", _non_empty, None,
+           "With `--body raw`: the field carrying the payload. Entries without it are dead-lettered."),
+    Option("content-type", "delivery.content_type", _non_empty, "application/octet-stream",
+           "With `--body raw`: the Content-Type of the requests."),
+    Option("max-in-flight", "delivery.max_in_flight", _int_at_least(1), "32",
+           "Entries delivered concurrently; also the most entries held in memory."),
+    Option("request-timeout", "delivery.request_timeout", _positive_duration, "30s",
+           "Time limit of one HTTP attempt."),
+    Option("max-deliveries", "delivery.max_deliveries", _int_at_least(0), "10",
+           "Attempts before an entry is dead-lettered (`0`: never give up)."),
+    Option("dead-letter-statuses", "delivery.dead_letter_statuses", _status_set, "400,413,415,422",
+           "HTTP statuses meaning the entry can never succeed: dead-lettered without retry. Empty: none."),
+    Option("dead-letter-stream", "delivery.dead_letter_stream", _template_with_stream, "{stream}:dead",
+           "Dead-letter stream key; `{stream}` is replaced by the source stream."),
+    Option("cloudevents-type", "delivery.cloudevents_type", _non_empty, "io.streamgroup.entry",
+           "Value of the `ce-type` header."),
+    Option("retry-initial", "retry.initial", _positive_duration, "200ms", "Back-off after the first failure."),
+    Option("retry-max", "retry.maximum", _positive_duration, "30s", "Longest back-off."),
+    Option("retry-multiplier", "retry.multiplier", _float_between(1.0, None), "2",
+           "Back-off growth per failure (≥ 1)."),
+    Option("retry-jitter", "retry.jitter", _float_between(0.0, 1.0), "0.2",
+           "Random spread of each back-off, as a fraction (0 to 1)."),
+    Option("retry-after-max", "retry.retry_after_max", _non_negative_duration, "10m",
+           "Cap on the delay a `Retry-After` reply may ask for."),
+    Option("read-block", "read.block", _positive_duration, "2s",
+           "Longest wait of one XREADGROUP for new entries."),
+    Option("health-host", "server.host", _non_empty, "0.0.0.0", "Address of the health/metrics server."),
+    Option("health-port", "server.port", _port, "9400",
+           "Port of `/healthz`, `/readyz` and `/metrics` (0: any free port)."),
+    Option("stats-interval", "server.stats_interval", _positive_duration, "10s",
+           "How often the group's lag and pending are refreshed for `/metrics`."),
+    Option("shutdown-grace", "shutdown.grace", _positive_duration, "25s",
+           "Time allowed on SIGTERM to finish in-flight deliveries and flush acks."),
+    Option("log-level", "log_level", _choice("debug", "info", "warning", "error"), "info", "Log level."),
+)
+
+
+def _arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamgroup-sidecar",
+        description="Deliver a Redis consumer group to an HTTP app. "
+        f"Every flag also reads from an environment variable ({ENV_PREFIX}NAME); flags win.",
+    )
+    for option in OPTIONS:
+        if option.env_only:
+            continue
+        default = f" (default: {option.default})" if option.default is not None else ""
+        parser.add_argument(option.flag, dest=option.name, default=None,
+                            help=f"{option.help.replace('%', '%%')} [{option.env}]{default}")
+    return parser
+
+
+def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build :class:`Settings` from flags and environment; raise :class:`ConfigError` on the first bad value."""
+    environ = os.environ if environ is None else environ
+    args = vars(_arg_parser().parse_args(list(argv) if argv is not None else []))
+
+    sections: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw: str | None = args.get(option.name)
+        source = option.flag
+        if raw is None:
+            raw, source = environ.get(option.env), option.env
+        if raw is None:
+            raw, source = option.default, "default"
+        if raw is None:
+            if option.required:
+                raise ConfigError(f"{option.flag} / {option.env} is required: {option.help}")
+            continue
+        try:
+            value = option.parse(raw)
+        except ValueError as exc:
+            shown = "" if option.secret else f"={raw!r}"
+            raise ConfigError(f"invalid {option.flag} / {option.env} (from {source}{shown}): {exc}") from None
+        section, _, name = option.target.rpartition(".")
+        (sections.setdefault(section, {}) if section else top)[name] = value
+
+    group = sections.setdefault("group", {})
+    group.setdefault("consumer", _default_consumer(environ))
+    delivery = sections.get("delivery", {})
+    if delivery.get("body") == "raw" and not delivery.get("body_field"):
+        raise ConfigError("--body-field / SG_BODY_FIELD is required when --body is raw")
+    retry = sections.get("retry", {})
+    if retry.get("initial", 0) > retry.get("maximum", float("inf")):
+        raise ConfigError("invalid --retry-initial / SG_RETRY_INITIAL: larger than --retry-max")
+    redis = sections.get("redis", {})
+    if (redis.get("tls_cert_file") is None) != (redis.get("tls_key_file") is None):
+        raise ConfigError("--redis-tls-cert-file and --redis-tls-key-file go together")
+
+    return Settings(
+        redis=RedisSettings(**sections.get("redis", {})),
+        group=GroupSettings(**group),
+        delivery=DeliverySettings(**delivery),
+        retry=RetrySettings(**retry),
+        read=ReadSettings(**sections.get("read", {})),
+        server=ServerSettings(**sections.get("server", {})),
+        shutdown=ShutdownSettings(**sections.get("shutdown", {})),
+        **top,
+    )
+
+
+def options_markdown() -> str:
+    """The README's option table, generated from :data:`OPTIONS` (a test keeps them equal)."""
+    lines = ["| Flag | Environment | Default | Meaning |", "| --- | --- | --- | --- |"]
+    for option in OPTIONS:
+        flag = "—" if option.env_only else f"`{option.flag}`"
+        if option.required:
+            default = "required"
+        elif option.default is None:
+            default = "—"
+        else:
+            default = f"`{option.default}`"
+        lines.append(f"| {flag} | `{option.env}` | {default} | {option.help} |")
+    return "\n".join(lines) + "\n"
+
+
+def redacted_url(url: str) -> str:
+    """The Redis URL with any password replaced, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+
+
+if __name__ == "__main__":  # pragma: no cover - used by hack/ to regenerate the README table
+    print(options_markdown(), end="")

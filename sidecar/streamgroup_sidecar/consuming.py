@@ -1,0 +1,190 @@
+"""Redis commands of a consumer: creating the group, reading, acking, dead-lettering, stats.
+
+Thin wrappers that turn Redis replies into :class:`~streamgroup_sidecar.encoding.Entry`
+objects. XREADGROUP replies are parsed here rather than by redis-py's callback, which
+folds fields into a dict and would lose a field name repeated in one entry.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from .config import RedisSettings
+from .encoding import Entry, Fields
+from .ids import parse_id
+
+# Dead-lettering must be atomic and must not duplicate: XACK first, and only an entry
+# that was still pending is copied to the dead-letter stream. A MULTI/EXEC could not
+# make the XADD conditional, so a retry after a lost EXEC reply would write it twice.
+_DEAD_LETTER_SCRIPT = """
+local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+if acked == 1 then
+  redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+end
+return acked
+"""
+
+
+def _raw(response: Any, **_: Any) -> Any:
+    return response
+
+
+def connect(settings: RedisSettings, socket_timeout: float) -> aioredis.Redis:
+    """A client for ``settings``; secrets stay inside the client, never in its repr or logs."""
+    kwargs: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": 5.0,
+        "socket_keepalive": True,
+        "health_check_interval": 15,
+        "retry_on_timeout": False,
+    }
+    if settings.username is not None:
+        kwargs["username"] = settings.username
+    if settings.password is not None:
+        kwargs["password"] = settings.password
+    if settings.url.startswith("rediss://"):
+        kwargs["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+        if settings.tls_ca_file:
+            kwargs["ssl_ca_certs"] = settings.tls_ca_file
+        if settings.tls_cert_file:
+            kwargs["ssl_certfile"] = settings.tls_cert_file
+            kwargs["ssl_keyfile"] = settings.tls_key_file
+    client: aioredis.Redis = aioredis.Redis.from_url(settings.url, **kwargs)
+    client.set_response_callback("XREADGROUP", _raw)
+    return client
+
+
+async def ensure_group(client: aioredis.Redis, stream: str, group: str, start: str) -> bool:
+    """Create ``group`` on ``stream`` at ``start`` (and the stream if missing). ``True`` if created.
+
+    An existing group is left exactly where it is: moving it silently would skip or
+    replay entries.
+    """
+    try:
+        await client.xgroup_create(stream, group, id=start, mkstream=True)
+    except ResponseError as exc:
+        if str(exc).startswith("BUSYGROUP"):
+            return False
+        raise
+    return True
+
+
+def is_nogroup(exc: BaseException) -> bool:
+    return isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP")
+
+
+def parse_read(reply: Any, names: dict[bytes, str], deliveries: int = 1) -> list[Entry]:
+    """Entries from a raw XREADGROUP reply (RESP2 list or RESP3 map)."""
+    if not reply:
+        return []
+    items = reply.items() if isinstance(reply, dict) else reply
+    entries: list[Entry] = []
+    for raw_stream, raw_entries in items:
+        stream = names[raw_stream]
+        for raw_id, flat in raw_entries:
+            fields: Fields | None
+            if flat is None:
+                fields = None
+            else:
+                it = iter(flat)
+                fields = list(zip(it, it, strict=True))
+            entries.append(Entry(stream, raw_id.decode(), fields, deliveries))
+    return entries
+
+
+async def read(
+    client: aioredis.Redis,
+    group: str,
+    consumer: str,
+    positions: dict[str, str],
+    count: int,
+    block_ms: int | None,
+    names: dict[bytes, str],
+) -> list[Entry]:
+    """One XREADGROUP across streams. ``">"`` positions read new entries; IDs read our own pending list."""
+    args: list[Any] = ["XREADGROUP", "GROUP", group, consumer, "COUNT", count]
+    if block_ms is not None:
+        args += ["BLOCK", block_ms]
+    args.append("STREAMS")
+    args.extend(positions.keys())
+    args.extend(positions.values())
+    reply = await client.execute_command(*args)  # type: ignore[no-untyped-call]
+    return parse_read(reply, names)
+
+
+async def pending_counts(
+    client: aioredis.Redis, stream: str, group: str, consumer: str, first: str, last: str, count: int
+) -> dict[str, int]:
+    """Delivery counts of our own pending entries between two IDs (after a history read bumped them)."""
+    rows = await client.xpending_range(stream, group, min=first, max=last, count=count, consumername=consumer)
+    return {_text(row["message_id"]): int(row["times_delivered"]) for row in rows}
+
+
+async def ack(client: aioredis.Redis, group: str, ids_by_stream: dict[str, list[str]]) -> None:
+    """Acknowledge everything given, in one round trip."""
+    async with client.pipeline(transaction=False) as pipe:
+        for stream, ids in ids_by_stream.items():
+            pipe.xack(stream, group, *ids)
+        await pipe.execute()
+
+
+def dead_letter_fields(
+    entry: Entry, group: str, consumer: str, reason: str, detail: str
+) -> list[bytes | str]:
+    """The dead-letter entry: metadata fields (prefixed ``sg:``) first, then the original fields."""
+    meta: list[bytes | str] = [
+        "sg:stream", entry.stream,
+        "sg:id", entry.id,
+        "sg:group", group,
+        "sg:consumer", consumer,
+        "sg:deliveries", str(entry.deliveries),
+        "sg:reason", reason,
+        "sg:detail", detail,
+        "sg:time", str(int(time.time() * 1000)),
+    ]
+    for name, value in entry.fields or ():
+        meta += [name, value]
+    return meta
+
+
+async def dead_letter(
+    client: aioredis.Redis, entry: Entry, dead_stream: str, group: str, consumer: str, reason: str, detail: str
+) -> bool:
+    """Atomically ack ``entry`` and copy it to ``dead_stream``; ``False`` if it was no longer pending."""
+    fields = dead_letter_fields(entry, group, consumer, reason, detail)
+    result = await client.eval(  # type: ignore[misc]
+        _DEAD_LETTER_SCRIPT, 2, entry.stream, dead_stream, group, entry.id, *fields)  # type: ignore[arg-type]
+    return bool(result)
+
+
+async def group_info(client: aioredis.Redis, stream: str, group: str) -> dict[str, Any] | None:
+    """This group's row of XINFO GROUPS, or ``None`` if the stream or group does not exist."""
+    try:
+        rows = await client.xinfo_groups(stream)
+    except ResponseError as exc:
+        if "no such key" in str(exc).lower():
+            return None
+        raise
+    for row in rows:
+        if _text(row["name"]) == group:
+            return {_text(k): v for k, v in row.items()}
+    return None
+
+
+async def oldest_pending_age(client: aioredis.Redis, stream: str, group: str) -> float | None:
+    """Seconds since the oldest pending entry was added (from its ID), or ``None`` with nothing pending."""
+    summary = await client.xpending(stream, group)
+    oldest = summary.get("min")
+    if not summary.get("pending") or not oldest:
+        return None
+    ms, _ = parse_id(_text(oldest))
+    return max(0.0, time.time() - ms / 1000)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

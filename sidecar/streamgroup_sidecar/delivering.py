@@ -1,0 +1,60 @@
+"""One HTTP attempt: POST a prepared request to the app and report what happened.
+
+Every outcome, including transport errors, becomes an :class:`~streamgroup_sidecar.replies.Attempt`;
+deciding what it means is :mod:`streamgroup_sidecar.replies`' job.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+
+from .encoding import Request
+from .replies import Attempt
+
+# Replies are only read to find {"status": ...}; a larger body is not a status reply.
+MAX_REPLY_BYTES = 64 * 1024
+
+
+class Deliverer:
+    def __init__(self, url: str, timeout: float, max_connections: int) -> None:
+        self._url = url
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=30)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, skip_auto_headers=("User-Agent",),
+            headers={"User-Agent": "streamgroup-sidecar"},
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def post(self, request: Request) -> Attempt:
+        assert self._session is not None, "start() first"
+        try:
+            async with self._session.post(self._url, data=request.body, headers=request.headers) as reply:
+                content_type = reply.headers.get("Content-Type", "")
+                body = b""
+                if 200 <= reply.status < 300 and "json" in content_type.lower():
+                    length = reply.content_length
+                    if length is None or length <= MAX_REPLY_BYTES:
+                        body = await reply.content.read(MAX_REPLY_BYTES)
+                else:
+                    await reply.read()
+                return Attempt(
+                    status=reply.status, body=body, content_type=content_type,
+                    retry_after=reply.headers.get("Retry-After"),
+                )
+        except TimeoutError:
+            return Attempt(error="timeout")
+        except aiohttp.ClientConnectorError:
+            return Attempt(error="connection")
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            return Attempt(error="disconnected")
+        except aiohttp.ClientError as exc:
+            return Attempt(error=type(exc).__name__)

@@ -1,0 +1,138 @@
+"""Turning a stream entry into an HTTP request: body and headers, with no I/O.
+
+Stream entries are lists of binary field/value pairs. The default body is a JSON
+object of them, which must never lose a byte:
+
+* a value that is not valid UTF-8 becomes ``{"base64": "<data>"}`` and the request
+  carries ``Streamgroup-Binary: base64``;
+* a field name that is not valid UTF-8 becomes ``"base64:<data>"`` (same header);
+* a field name repeated in one entry (Redis allows it) maps to a JSON array of its
+  values, in order.
+
+Metadata travels in headers, including the CloudEvents binary-mode attributes, so
+an app can treat each request as a CloudEvent without parsing a wrapper.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from .ids import parse_id
+
+# CloudEvents' HTTP binding percent-encodes space, '"', '%' and anything outside printable ASCII.
+_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
+
+Fields = list[tuple[bytes, bytes]]
+
+
+@dataclass(slots=True)
+class Entry:
+    """One stream entry as the sidecar holds it while delivering."""
+
+    stream: str
+    id: str
+    fields: Fields | None
+    """``None`` when the entry was deleted or trimmed after it was read into the group."""
+    deliveries: int = 1
+    """Attempts so far, including the current one (Redis' delivery counter plus local retries)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    body: bytes
+    headers: dict[str, str]
+
+
+class MissingBodyField(ValueError):
+    """A raw-body entry lacks the configured payload field: it can never be delivered."""
+
+
+def header_value(text: str) -> str:
+    """Percent-encode a header value as the CloudEvents HTTP binding asks."""
+    return quote(text, safe=_HEADER_SAFE)
+
+
+def cloudevents_time(entry_id: str) -> str:
+    """RFC 3339 time of the entry, from the millisecond part of its ID."""
+    ms, _ = parse_id(entry_id)
+    moment = datetime.fromtimestamp(ms // 1000, tz=UTC)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+
+
+def _text(raw: bytes) -> tuple[str, bool]:
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode("ascii"), True
+
+
+def fields_to_json(fields: Fields) -> tuple[bytes, bool]:
+    """Encode fields as a JSON object; returns the body and whether any part was base64-encoded."""
+    obj: dict[str, Any] = {}
+    binary = False
+    for raw_name, raw_value in fields:
+        name, name_binary = _text(raw_name)
+        if name_binary:
+            name = "base64:" + name
+        value: Any
+        text, value_binary = _text(raw_value)
+        value = {"base64": text} if value_binary else text
+        binary = binary or name_binary or value_binary
+        previous = obj.get(name)
+        if previous is None:
+            obj[name] = value
+        elif isinstance(previous, list):  # values are str or dict, so a list means "repeated"
+            previous.append(value)
+        else:
+            obj[name] = [previous, value]
+    return orjson.dumps(obj), binary
+
+
+@dataclass(frozen=True)
+class RequestBuilder:
+    """Builds requests for one consumer; static headers are computed once per stream."""
+
+    group: str
+    consumer: str
+    body: str = "json"
+    body_field: str | None = None
+    content_type: str = "application/octet-stream"
+    cloudevents_type: str = "io.streamgroup.entry"
+
+    def static_headers(self, stream: str) -> dict[str, str]:
+        encoded_stream = header_value(stream)
+        return {
+            "Content-Type": "application/json" if self.body == "json" else self.content_type,
+            "Streamgroup-Stream": encoded_stream,
+            "Streamgroup-Group": header_value(self.group),
+            "Streamgroup-Consumer": header_value(self.consumer),
+            "ce-specversion": "1.0",
+            "ce-type": header_value(self.cloudevents_type),
+            "ce-source": "/streams/" + quote(stream, safe=""),
+        }
+
+    def build(self, entry: Entry, static: dict[str, str]) -> Request:
+        """The request for one delivery attempt of ``entry``."""
+        assert entry.fields is not None, "deleted entries are dead-lettered, not delivered"
+        headers = dict(static)
+        headers["Streamgroup-Id"] = entry.id
+        headers["Streamgroup-Delivery-Count"] = str(entry.deliveries)
+        headers["Idempotency-Key"] = f"{static['Streamgroup-Stream']}/{entry.id}"
+        headers["ce-id"] = entry.id
+        headers["ce-time"] = cloudevents_time(entry.id)
+        if self.body == "json":
+            body, binary = fields_to_json(entry.fields)
+            if binary:
+                headers["Streamgroup-Binary"] = "base64"
+            return Request(body, headers)
+        wanted = (self.body_field or "").encode()
+        for name, value in entry.fields:
+            if name == wanted:
+                return Request(value, headers)
+        raise MissingBodyField(f"entry has no field {self.body_field!r}")

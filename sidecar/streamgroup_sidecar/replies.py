@@ -1,0 +1,136 @@
+"""The reply contract: what an app's answer means for an entry, and how long to wait before retrying.
+
+Pure functions only; the delivering loop feeds them what happened on the wire.
+
+==============================  ===========================================================
+App's answer                    What the sidecar does
+==============================  ===========================================================
+2xx                             ack (``{"status": "SUCCESS"}`` in a JSON body too)
+2xx + ``{"status": "RETRY"}``   retry with back-off
+2xx + ``{"status": "DROP"}``    dead-letter with reason ``dropped`` (never silently lost)
+2xx + another ``status``        retry with back-off (reason ``unknown-status``)
+a dead-letter status (config)   dead-letter at once, reason ``status-<code>``
+429 / 503 + ``Retry-After``     retry after the time asked (capped), else back-off
+other 4xx / 5xx                 retry with back-off
+timeout, connection error       retry with back-off
+==============================  ===========================================================
+
+An entry whose delivery count reaches ``max-deliveries`` is dead-lettered instead of
+retried, with reason ``max-deliveries`` and the last failure kept.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import orjson
+
+from .config import DeliverySettings, RetrySettings
+
+
+class Action(enum.Enum):
+    ACK = "ack"
+    RETRY = "retry"
+    DEAD_LETTER = "dead_letter"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """What one HTTP attempt produced: a status (and maybe a body), or a transport error."""
+
+    status: int | None = None
+    body: bytes = b""
+    content_type: str = ""
+    retry_after: str | None = None
+    error: str | None = None
+    """``timeout`` or ``connection`` (app unreachable) or another short error name."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    action: Action
+    reason: str
+    """Short, stable, metric-friendly: ``ok``, ``status-500``, ``timeout``, ``dropped``, ..."""
+    delay: float | None = None
+    """Seconds the app asked us to wait (``Retry-After``); ``None`` means use back-off."""
+
+
+def _app_status(attempt: Attempt) -> str | None:
+    if not attempt.body or "json" not in attempt.content_type.lower():
+        return None
+    try:
+        reply = orjson.loads(attempt.body)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(reply, dict):
+        status = reply.get("status")
+        if isinstance(status, str):
+            return status.upper()
+    return None
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date); ``None`` if absent or invalid."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def classify(attempt: Attempt, delivery: DeliverySettings, retry: RetrySettings) -> Verdict:
+    """Decide what to do with an entry after one attempt, ignoring the delivery count."""
+    if attempt.status is None:
+        return Verdict(Action.RETRY, attempt.error or "error")
+    status = attempt.status
+    if 200 <= status < 300:
+        app_status = _app_status(attempt)
+        if app_status in (None, "SUCCESS"):
+            return Verdict(Action.ACK, "ok")
+        if app_status == "RETRY":
+            return Verdict(Action.RETRY, "retry-requested")
+        if app_status == "DROP":
+            return Verdict(Action.DEAD_LETTER, "dropped")
+        return Verdict(Action.RETRY, "unknown-status")
+    if status in delivery.dead_letter_statuses:
+        return Verdict(Action.DEAD_LETTER, f"status-{status}")
+    delay = None
+    if status in (429, 503):
+        asked = parse_retry_after(attempt.retry_after)
+        if asked is not None:
+            delay = min(asked, retry.retry_after_max)
+    return Verdict(Action.RETRY, f"status-{status}", delay)
+
+
+def decide(attempt: Attempt, deliveries: int, delivery: DeliverySettings, retry: RetrySettings) -> Verdict:
+    """:func:`classify`, then turn a retry into a dead letter once ``max_deliveries`` is used up."""
+    verdict = classify(attempt, delivery, retry)
+    if (
+        verdict.action is Action.RETRY
+        and delivery.max_deliveries
+        and deliveries >= delivery.max_deliveries
+    ):
+        return Verdict(Action.DEAD_LETTER, f"max-deliveries ({verdict.reason})")
+    return verdict
+
+
+def backoff(failures: int, retry: RetrySettings, rng: random.Random | None = None) -> float:
+    """Delay before the next attempt after ``failures`` consecutive failures (≥ 1)."""
+    exponent = max(0, failures - 1)
+    # Cap the exponent so huge failure counts cannot overflow the float.
+    base = min(retry.maximum, retry.initial * retry.multiplier ** min(exponent, 64))
+    if retry.jitter:
+        spread = base * retry.jitter
+        base += (rng or random).uniform(-spread, spread)
+    return max(0.0, min(base, retry.maximum))
