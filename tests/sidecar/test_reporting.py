@@ -1,0 +1,186 @@
+"""What the sidecar tells operators: /healthz, /readyz, /metrics and its log lines."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+import orjson
+import pytest
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.sidecar.conftest import get, running, settings_for, wait_for_pending_zero
+from tests.support.apps import RecordingApp
+from tests.support.ports import free_port
+from tests.support.redis_server import RedisServer
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+class TestHealthEndpoints:
+    async def test_healthz_and_readyz_answer_ok_when_redis_group_and_app_are_fine(
+        self, redis_server: RedisServer, app: RecordingApp
+    ) -> None:
+        async with running(settings_for(redis_server, app)) as sidecar:
+            assert sidecar.health_port is not None
+            status, body = await get(sidecar.health_port, "/healthz")
+            assert status == 200 and orjson.loads(body)["ok"] is True
+            status, body = await get(sidecar.health_port, "/readyz")
+            assert status == 200
+            assert orjson.loads(body) == {"ok": True, "redis": True, "group": True, "app": True}
+
+    async def test_readyz_fails_while_redis_is_down_and_recovers_by_itself(
+        self, redis_server: RedisServer, app: RecordingApp
+    ) -> None:
+        async with running(settings_for(redis_server, app)) as sidecar:
+            port = sidecar.health_port
+            assert port is not None
+            redis_server.stop()
+            for _ in range(100):
+                status, body = await get(port, "/readyz")
+                if status == 503:
+                    break
+                await asyncio.sleep(0.05)
+            assert status == 503 and orjson.loads(body)["redis"] is False
+            status, _ = await get(port, "/healthz")
+            assert status == 200, "a Redis outage is not a reason to restart the sidecar"
+            redis_server.start()
+            redis_server.client().xadd("orders", {"after": "restart"})
+            await app.wait_until(lambda: len(app.succeeded()) >= 1)
+            status, _ = await get(port, "/readyz")
+            assert status == 200
+
+    async def test_readyz_reports_an_unreachable_app(self, redis_server: RedisServer) -> None:
+        app = RecordingApp()  # never started
+        redis_server.client().xadd("orders", {"k": "v"})
+        async with running(settings_for(redis_server, app)) as sidecar:
+            assert sidecar.health_port is not None
+            for _ in range(100):
+                status, body = await get(sidecar.health_port, "/readyz")
+                if status == 503:
+                    break
+                await asyncio.sleep(0.05)
+            assert orjson.loads(body) == {"ok": False, "redis": True, "group": True, "app": False}
+
+
+class TestMetrics:
+    async def test_metrics_count_what_happened_and_report_the_group_state(
+        self, redis_server: RedisServer
+    ) -> None:
+        def behaviour(got: object) -> web.StreamResponse:
+            body = got.json()  # type: ignore[attr-defined]
+            return web.Response(status={"ok": 200, "bad": 422, "flaky": 200}[body["kind"]])
+
+        app = await RecordingApp(behaviour).start()
+        try:
+            client = redis_server.client()
+            for kind in ["ok"] * 7 + ["bad"] * 2:
+                client.xadd("orders", {"kind": kind})
+            async with running(settings_for(redis_server, app, streams="orders,other")) as sidecar:
+                await wait_for_pending_zero(client, ["orders"])
+                assert sidecar.health_port is not None
+                await asyncio.sleep(0.3)  # a stats refresh after the last ack
+                _, text = await get(sidecar.health_port, "/metrics")
+        finally:
+            await app.stop()
+        found = samples(text)
+        assert found[("streamgroup_sidecar_entries_total", (("outcome", "acked"), ("stream", "orders")))] == 7
+        assert found[("streamgroup_sidecar_entries_total", (("outcome", "dead_lettered"), ("stream", "orders")))] == 2
+        assert found[("streamgroup_sidecar_delivery_attempts_total", (("result", "ok"), ("stream", "orders")))] == 7
+        assert found[("streamgroup_sidecar_delivery_attempts_total",
+                      (("result", "status-422"), ("stream", "orders")))] == 2
+        assert found[("streamgroup_sidecar_delivery_duration_seconds_count", (("stream", "orders"),))] == 9
+        assert found[("streamgroup_sidecar_in_flight", ())] == 0
+        assert found[("streamgroup_sidecar_group_pending", (("group", "workers"), ("stream", "orders")))] == 0
+        assert found[("streamgroup_sidecar_group_lag", (("group", "workers"), ("stream", "orders")))] == 0
+        assert ("streamgroup_sidecar_group_oldest_pending_age_seconds",
+                (("group", "workers"), ("stream", "orders"))) not in found
+        assert found[("streamgroup_sidecar_ack_batches_total", ())] >= 1
+
+    async def test_lag_pending_and_oldest_age_follow_redis(self, redis_server: RedisServer) -> None:
+        release = asyncio.Event()
+
+        async def held(_: object) -> web.StreamResponse:
+            await release.wait()
+            return web.Response(status=200)
+
+        app = await RecordingApp(held).start()
+        try:
+            client = redis_server.client()
+            for n in range(10):
+                client.xadd("orders", {"n": str(n)})
+            async with running(settings_for(redis_server, app, max_in_flight="4")) as sidecar:
+                assert sidecar.health_port is not None
+                await app.wait_until(lambda: len(app.received) >= 4)
+                await asyncio.sleep(0.3)
+                found = samples((await get(sidecar.health_port, "/metrics"))[1])
+                labels = (("group", "workers"), ("stream", "orders"))
+                assert found[("streamgroup_sidecar_group_pending", labels)] == 4
+                assert found[("streamgroup_sidecar_group_lag", labels)] == 6
+                assert 0 <= found[("streamgroup_sidecar_group_oldest_pending_age_seconds", labels)] < 30
+                assert found[("streamgroup_sidecar_in_flight", ())] == 4
+                release.set()
+                await wait_for_pending_zero(client, ["orders"])
+        finally:
+            await app.stop()
+
+    @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool comes with Debian's prometheus package")
+    async def test_the_exposition_passes_promtool_lint(self, redis_server: RedisServer, app: RecordingApp) -> None:
+        redis_server.client().xadd("orders", {"k": "v"})
+        async with running(settings_for(redis_server, app)) as sidecar:
+            await app.wait_until(lambda: len(app.succeeded()) >= 1)
+            await asyncio.sleep(0.2)
+            assert sidecar.health_port is not None
+            _, text = await get(sidecar.health_port, "/metrics")
+        lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True,
+                              timeout=60)
+        assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+class TestTheProcess:
+    async def test_the_command_logs_json_lines_without_secrets_and_exits_0_on_sigterm(self) -> None:
+        server = RedisServer(password="pa55-word-xyz").start()
+        app = await RecordingApp().start()
+        try:
+            client = server.client()
+            client.xadd("orders", {"k": "v"})
+            health = free_port()
+            env = {
+                "PATH": os.environ["PATH"], "HOSTNAME": "pod-x",
+                "SG_REDIS_URL": server.url, "SG_STREAMS": "orders", "SG_GROUP": "workers",
+                "SG_APP_URL": app.url, "SG_START_FROM": "0", "SG_HEALTH_HOST": "127.0.0.1",
+                "SG_HEALTH_PORT": str(health), "SG_READ_BLOCK": "200ms",
+            }
+            with tempfile.TemporaryFile() as err:
+                process = subprocess.Popen([sys.executable, "-m", "streamgroup_sidecar"], env=env,
+                                           stderr=err, stdout=subprocess.DEVNULL)
+                try:
+                    await app.wait_until(lambda: len(app.succeeded()) >= 1, timeout=30)
+                    await wait_for_pending_zero(client, ["orders"])
+                finally:
+                    process.send_signal(signal.SIGTERM)
+                    code = await asyncio.to_thread(process.wait, 30)
+                err.seek(0)
+                lines = err.read().decode().splitlines()
+        finally:
+            await app.stop()
+            server.cleanup()
+        assert code == 0
+        records = [orjson.loads(line) for line in lines]  # every line is one JSON object
+        assert {"ts", "level", "logger", "msg"} <= set(records[0])
+        assert any(r["msg"] == "sidecar starting" and r["consumer"] == "pod-x" for r in records)
+        assert records[-1]["msg"] == "stopped"
+        assert "pa55-word-xyz" not in "\n".join(lines)
+        assert app.received[0].headers["streamgroup-consumer"] == "pod-x"
