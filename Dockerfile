@@ -1,0 +1,21 @@
+# One image for the sidecar, the operator and the CLI; the Deployment picks the command.
+# Build stage: resolve and install into a venv. Runtime stage: the venv only, non-root.
+FROM python:3.11-slim-bookworm AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY sidecar sidecar
+COPY operator operator
+COPY cli cli
+RUN python -m venv /opt/streamgroup \
+ && /opt/streamgroup/bin/pip install --no-cache-dir --upgrade pip \
+ && /opt/streamgroup/bin/pip install --no-cache-dir '.[operator]'
+
+FROM python:3.11-slim-bookworm
+COPY --from=build /opt/streamgroup /opt/streamgroup
+ENV PATH=/opt/streamgroup/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+# A numeric non-root user, so runAsNonRoot can verify it without /etc/passwd.
+USER 65532:65532
+EXPOSE 9400
+ENTRYPOINT ["streamgroup-sidecar"]
