@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 from collections.abc import Sequence
 
 from . import logs
 from .config import ConfigError, parse_settings
-from .running import Sidecar
+from .running import GroupLost, Sidecar
 
 
 async def _run(sidecar: Sidecar) -> None:
@@ -27,7 +28,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"streamgroup-sidecar: {exc}", file=sys.stderr)
         return 2
     logs.setup(settings.log_level)
-    asyncio.run(_run(Sidecar(settings)))
+    try:
+        asyncio.run(_run(Sidecar(settings)))
+    except GroupLost as exc:
+        logging.getLogger("streamgroup.sidecar").error(f"exiting: {exc} (--on-group-loss exit)")
+        return 3
     return 0
 
 

@@ -230,6 +230,8 @@ class GroupSettings:
     """This sidecar's consumer name; the pod name keeps it stable across restarts of a pod."""
     start_from: str = "$"
     """Where a group that does not exist yet starts. An existing group is never moved."""
+    on_loss: str = "recreate"
+    """When the group or stream is deleted while running: ``recreate`` it at :attr:`start_from`, or ``exit``."""
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,10 @@ class DeliverySettings:
 
     app_url: str = "http://127.0.0.1:8080/"
     """The application's endpoint; every entry is POSTed here."""
+    app_health_url: str | None = None
+    """Polled while the app is down; when set, nothing is read or attempted until it answers 2xx."""
+    app_health_interval: float = 1.0
+    """How often :attr:`app_health_url` is polled, seconds."""
     body: str = "json"
     """``json``: a JSON object of the entry's fields. ``raw``: the bytes of :attr:`body_field`."""
     body_field: str | None = None
@@ -256,6 +262,20 @@ class DeliverySettings:
     """Where dead letters go; ``{stream}`` is the source stream's key."""
     cloudevents_type: str = "io.streamgroup.entry"
     """The ``ce-type`` header."""
+    ordering_field: str | None = None
+    """Entries with the same value of this field (per stream) are delivered one at a time, in order."""
+
+
+@dataclass(frozen=True)
+class ClaimSettings:
+    """Recovery of entries that a crashed or stalled consumer left pending, and leases on our own."""
+
+    min_idle: float = 30.0
+    """An entry pending this long without its owner touching it is taken over (XAUTOCLAIM), seconds."""
+    interval: float = 10.0
+    """Time between two reclaim sweeps, seconds."""
+    max_pages: int = 10
+    """XAUTOCLAIM calls per sweep at most, so one sweep cannot monopolise the sidecar."""
 
 
 @dataclass(frozen=True)
@@ -308,6 +328,7 @@ class Settings:
     group: GroupSettings = field(default_factory=GroupSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     retry: RetrySettings = field(default_factory=RetrySettings)
+    claim: ClaimSettings = field(default_factory=ClaimSettings)
     read: ReadSettings = field(default_factory=ReadSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
@@ -362,8 +383,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("start-from", "group.start_from", _start_from, "$",
            "Where a new group starts: `$` (new entries only), `0` (the whole stream), after an entry ID, "
            "or at an ISO-8601 timestamp with a zone. An existing group is never moved."),
+    Option("on-group-loss", "group.on_loss", _choice("recreate", "exit"), "recreate",
+           "If the group or stream is deleted while running: `recreate` it at `--start-from` (logged as an "
+           "error, counted in metrics) or `exit` with status 3."),
     Option("app-url", "delivery.app_url", _http_url, "http://127.0.0.1:8080/",
            "The app endpoint each entry is POSTed to."),
+    Option("app-health-url", "delivery.app_health_url", _optional_http_url, None,
+           "Optional app health endpoint. While the app is unreachable it is polled, and nothing is read "
+           "or attempted until it answers 2xx."),
+    Option("app-health-interval", "delivery.app_health_interval", _positive_duration, "1s",
+           "Polling period of `--app-health-url` while the app is down."),
     Option("body", "delivery.body", _choice("json", "raw"), "json",
            "`json`: a JSON object of the entry's fields. `raw`: the bytes of `--body-field` as they are."),
     Option("body-field", "delivery.body_field", _non_empty, None,
@@ -382,6 +411,15 @@ OPTIONS: tuple[Option, ...] = (
            "Dead-letter stream key; `{stream}` is replaced by the source stream."),
     Option("cloudevents-type", "delivery.cloudevents_type", _non_empty, "io.streamgroup.entry",
            "Value of the `ce-type` header."),
+    Option("ordering-field", "delivery.ordering_field", _non_empty, None,
+           "Entries with the same value of this field (per stream) are delivered one at a time, in stream "
+           "order; a failing entry holds its key back. Other keys go in parallel."),
+    Option("claim-min-idle", "claim.min_idle", _positive_duration, "30s",
+           "Entries pending longer than this without their owner touching them are taken over (XAUTOCLAIM). "
+           "Entries this sidecar holds are leased, so a slow delivery is never stolen."),
+    Option("claim-interval", "claim.interval", _positive_duration, "10s", "Time between two reclaim sweeps."),
+    Option("claim-max-pages", "claim.max_pages", _int_at_least(1), "10",
+           "XAUTOCLAIM calls per sweep at most (each takes at most the free delivery slots)."),
     Option("retry-initial", "retry.initial", _positive_duration, "200ms", "Back-off after the first failure."),
     Option("retry-max", "retry.maximum", _positive_duration, "30s", "Longest back-off."),
     Option("retry-multiplier", "retry.multiplier", _float_between(1.0, None), "2",
@@ -461,6 +499,7 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
         group=GroupSettings(**group),
         delivery=DeliverySettings(**delivery),
         retry=RetrySettings(**retry),
+        claim=ClaimSettings(**sections.get("claim", {})),
         read=ReadSettings(**sections.get("read", {})),
         server=ServerSettings(**sections.get("server", {})),
         shutdown=ShutdownSettings(**sections.get("shutdown", {})),

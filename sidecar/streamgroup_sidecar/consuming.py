@@ -30,6 +30,33 @@ return acked
 """
 
 
+# A lease: for each ID still pending *for this consumer*, reset its idle time (XCLAIM to
+# itself, JUSTID so the delivery count is not bumped) and store the attempts made so far
+# (RETRYCOUNT), so a later owner knows them. IDs that another consumer took are returned.
+_LEASE_SCRIPT = """
+local lost = {}
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  local row = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+  if #row == 1 and row[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'RETRYCOUNT', ARGV[i + 1], 'JUSTID')
+  else
+    lost[#lost + 1] = id
+  end
+end
+return lost
+"""
+
+# Leave the group only with nothing pending: XGROUP DELCONSUMER would drop pending entries.
+_LEAVE_SCRIPT = """
+local mine = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #mine > 0 then
+  return 0
+end
+return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2]) + 1
+"""
+
+
 def _raw(response: Any, **_: Any) -> Any:
     return response
 
@@ -56,6 +83,7 @@ def connect(settings: RedisSettings, socket_timeout: float) -> aioredis.Redis:
             kwargs["ssl_keyfile"] = settings.tls_key_file
     client: aioredis.Redis = aioredis.Redis.from_url(settings.url, **kwargs)
     client.set_response_callback("XREADGROUP", _raw)
+    client.set_response_callback("XAUTOCLAIM", _raw)
     return client
 
 
@@ -78,23 +106,25 @@ def is_nogroup(exc: BaseException) -> bool:
     return isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP")
 
 
-def parse_read(reply: Any, names: dict[bytes, str], deliveries: int = 1) -> list[Entry]:
+def _entries(stream: str, raw_entries: Any) -> list[Entry]:
+    entries: list[Entry] = []
+    for raw_id, flat in raw_entries:
+        fields: Fields | None
+        if flat is None:
+            fields = None
+        else:
+            it = iter(flat)
+            fields = list(zip(it, it, strict=True))
+        entries.append(Entry(stream, raw_id.decode(), fields))
+    return entries
+
+
+def parse_read(reply: Any, names: dict[bytes, str]) -> list[Entry]:
     """Entries from a raw XREADGROUP reply (RESP2 list or RESP3 map)."""
     if not reply:
         return []
     items = reply.items() if isinstance(reply, dict) else reply
-    entries: list[Entry] = []
-    for raw_stream, raw_entries in items:
-        stream = names[raw_stream]
-        for raw_id, flat in raw_entries:
-            fields: Fields | None
-            if flat is None:
-                fields = None
-            else:
-                it = iter(flat)
-                fields = list(zip(it, it, strict=True))
-            entries.append(Entry(stream, raw_id.decode(), fields, deliveries))
-    return entries
+    return [entry for raw_stream, raw_entries in items for entry in _entries(names[raw_stream], raw_entries)]
 
 
 async def read(
@@ -123,6 +153,70 @@ async def pending_counts(
     """Delivery counts of our own pending entries between two IDs (after a history read bumped them)."""
     rows = await client.xpending_range(stream, group, min=first, max=last, count=count, consumername=consumer)
     return {_text(row["message_id"]): int(row["times_delivered"]) for row in rows}
+
+
+async def autoclaim(
+    client: aioredis.Redis, stream: str, group: str, consumer: str, min_idle_ms: int, cursor: str, count: int
+) -> tuple[str, list[Entry], list[str]]:
+    """One XAUTOCLAIM page to ``consumer``: the next cursor, the entries taken, and the IDs found deleted.
+
+    Redis removes deleted (trimmed) IDs from the pending list in the same call, so they
+    must be recorded by the caller: they can no longer be delivered.
+    """
+    reply = await client.execute_command(  # type: ignore[no-untyped-call]
+        "XAUTOCLAIM", stream, group, consumer, min_idle_ms, cursor, "COUNT", count)
+    deleted = [_text(i) for i in reply[2]] if len(reply) > 2 else []
+    return _text(reply[0]), _entries(stream, reply[1]), deleted
+
+
+async def refresh_leases(
+    client: aioredis.Redis, stream: str, group: str, consumer: str, held: list[tuple[str, int]]
+) -> list[str]:
+    """Renew ownership of ``held`` (ID, attempts) entries; returns the IDs another consumer took."""
+    args: list[Any] = [group, consumer]
+    for entry_id, deliveries in held:
+        args += [entry_id, deliveries]
+    lost = await client.eval(_LEASE_SCRIPT, 1, stream, *args)  # type: ignore[misc]
+    return [_text(i) for i in lost]
+
+
+async def own_pending_ids(client: aioredis.Redis, stream: str, group: str, consumer: str, count: int) -> list[str]:
+    rows = await client.xpending_range(stream, group, min="-", max="+", count=count, consumername=consumer)
+    return [_text(row["message_id"]) for row in rows]
+
+
+async def live_peers(client: aioredis.Redis, stream: str, group: str, consumer: str, max_idle_ms: int) -> list[str]:
+    """Other consumers of the group seen within ``max_idle_ms``, most recently seen first."""
+    rows = await client.xinfo_consumers(stream, group)
+    peers = [(int(row["idle"]), _text(row["name"])) for row in rows]
+    return [name for idle, name in sorted(peers) if name != consumer and idle <= max_idle_ms]
+
+
+async def hand_over(
+    client: aioredis.Redis, stream: str, group: str, peer: str, ids: list[str], idle_ms: int
+) -> int:
+    """Move ``ids`` to ``peer``, marked idle for ``idle_ms`` so that its next sweep takes them at once."""
+    claimed = await client.xclaim(stream, group, peer, 0, list[Any](ids), idle=idle_ms, justid=True)
+    return len(claimed)
+
+
+async def leave_group(client: aioredis.Redis, stream: str, group: str, consumer: str) -> bool:
+    """Delete ``consumer`` from the group if it has nothing pending; ``True`` if it is gone."""
+    result = await client.eval(_LEAVE_SCRIPT, 1, stream, group, consumer)  # type: ignore[misc]
+    return bool(result)
+
+
+async def record_trimmed(
+    client: aioredis.Redis, stream: str, dead_stream: str, group: str, consumer: str, ids: list[str]
+) -> None:
+    """Dead-letter entries XAUTOCLAIM found deleted: only their IDs are left to record."""
+    async with client.pipeline(transaction=True) as pipe:
+        for entry_id in ids:
+            entry = Entry(stream, entry_id, None, deliveries=0)  # unknown: XAUTOCLAIM does not say
+            fields = dead_letter_fields(entry, group, consumer, "trimmed",
+                                        "deleted from the stream before it was delivered")
+            pipe.xadd(dead_stream, dict(zip(fields[::2], fields[1::2], strict=True)))
+        await pipe.execute()
 
 
 async def ack(client: aioredis.Redis, group: str, ids_by_stream: dict[str, list[str]]) -> None:

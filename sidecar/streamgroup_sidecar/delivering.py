@@ -58,3 +58,13 @@ class Deliverer:
             return Attempt(error="disconnected")
         except aiohttp.ClientError as exc:
             return Attempt(error=type(exc).__name__)
+
+    async def probe(self, url: str) -> bool:
+        """``True`` if ``url`` answers 2xx (the app's health endpoint)."""
+        assert self._session is not None, "start() first"
+        try:
+            async with self._session.get(url) as reply:
+                await reply.read()
+                return 200 <= reply.status < 300
+        except (TimeoutError, aiohttp.ClientError):
+            return False

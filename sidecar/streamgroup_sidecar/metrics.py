@@ -88,6 +88,24 @@ class Metrics:
         self.redis_errors = Counter(
             "streamgroup_sidecar_redis_errors", "Failed Redis operations, by operation.",
             ["operation"], registry=registry)
+        self.dead_letters = Counter(
+            "streamgroup_sidecar_dead_letters",
+            "Entries moved to the dead-letter stream, by reason (status-<code>, max-deliveries, dropped, "
+            "trimmed, missing-body-field).", ["stream", "reason"], registry=registry)
+        self.reclaimed = Counter(
+            "streamgroup_sidecar_reclaimed_entries",
+            "Entries taken over from consumers that left them pending too long (XAUTOCLAIM).",
+            ["stream"], registry=registry)
+        self.leases_lost = Counter(
+            "streamgroup_sidecar_leases_lost",
+            "Entries this sidecar held that another consumer took over; it stopped working on them.",
+            ["stream"], registry=registry)
+        self.handed_over = Counter(
+            "streamgroup_sidecar_handed_over_entries",
+            "Pending entries handed to a live peer at shutdown.", ["stream"], registry=registry)
+        self.group_recreated = Counter(
+            "streamgroup_sidecar_group_recreated",
+            "Times the consumer group was found deleted and created again.", registry=registry)
         self.acks = Counter(
             "streamgroup_sidecar_ack_batches", "XACK round trips (each acknowledges a batch of entries).",
             registry=registry)

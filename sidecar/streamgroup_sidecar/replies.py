@@ -16,7 +16,8 @@ timeout, connection error       retry with back-off
 ==============================  ===========================================================
 
 An entry whose delivery count reaches ``max-deliveries`` is dead-lettered instead of
-retried, with reason ``max-deliveries`` and the last failure kept.
+retried, with reason ``max-deliveries`` and the last failure kept. An app that refuses
+connections is down, which is not the entry's fault: such attempts never count.
 """
 
 from __future__ import annotations
@@ -118,11 +119,17 @@ def decide(attempt: Attempt, deliveries: int, delivery: DeliverySettings, retry:
     verdict = classify(attempt, delivery, retry)
     if (
         verdict.action is Action.RETRY
+        and attempt.error != "connection"
         and delivery.max_deliveries
         and deliveries >= delivery.max_deliveries
     ):
         return Verdict(Action.DEAD_LETTER, f"max-deliveries ({verdict.reason})")
     return verdict
+
+
+def dead_letter_kind(reason: str) -> str:
+    """A bounded label for metrics: ``max-deliveries (status-500)`` counts as ``max-deliveries``."""
+    return reason.split(" ", 1)[0]
 
 
 def backoff(failures: int, retry: RetrySettings, rng: random.Random | None = None) -> float:

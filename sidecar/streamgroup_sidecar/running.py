@@ -1,26 +1,34 @@
-"""The sidecar's life: read from the group, deliver, acknowledge, report, shut down cleanly.
+"""The sidecar's life: read from the group, deliver, acknowledge, recover, shut down cleanly.
 
 Tasks and how they share work:
 
-* the **reader** reserves free delivery slots, then reads at most that many entries
-  (first this consumer's own pending entries, after a restart, then new ones with a
-  blocking XREADGROUP ``>``) and queues them. It never reads more than it can deliver,
-  so memory is bounded by ``max-in-flight`` and nothing waits in a local buffer long
-  enough to look abandoned to the rest of the group;
-* **workers** (one per slot) deliver one entry each, retrying with back-off until the
-  app accepts it or it must be dead-lettered, then free their slot;
+* the **reader** reserves free delivery slots, then takes at most that many entries: first
+  this consumer's own pending entries (after a restart), then, in turn, a reclaim sweep
+  (XAUTOCLAIM of entries other consumers left idle longer than ``--claim-min-idle``) and
+  blocking reads of new entries. It never takes more than it can deliver, so memory is
+  bounded by ``--max-in-flight``. While the app is known to be down it takes nothing new;
+* **workers** (one per slot) deliver one entry each, retrying with back-off until the app
+  accepts it or it must be dead-lettered. With ``--ordering-field``, entries that share a
+  key wait for each other (see :mod:`.ordering`);
+* the **lease** loop renews, every third of ``--claim-min-idle``, this consumer's ownership
+  of every entry it holds (delivering, retrying or waiting), so that a slow delivery is
+  never taken over by a peer's sweep; it also stores the attempts made so far in Redis;
 * the **acker** sends acknowledgements in batches (see :mod:`.acking`);
-* the **stats** loop reads the group's lag and pending count for ``/metrics``.
+* the **stats** loop reads the group's lag and pending count for ``/metrics``;
+* with ``--app-health-url``, the **app health** loop decides when the app is up.
 
-Every Redis failure is retried with back-off and logged once per incident. An entry
-leaves the pending list only by an XACK after the app accepted it, or atomically
-with its copy into the dead-letter stream: never silently.
+Every Redis failure is retried with back-off and logged once per incident. An entry leaves
+the pending list only by an XACK after the app accepted it, or atomically with its copy into
+the dead-letter stream. On SIGTERM the sidecar stops taking entries, lets in-flight
+deliveries finish, flushes acknowledgements, hands what is still pending to a live peer and
+leaves the group only if nothing is pending for it any more.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -38,13 +46,21 @@ from .encoding import Entry, MissingBodyField, RequestBuilder
 from .ids import id_time
 from .logs import Incident
 from .metrics import GroupSnapshot, Metrics
-from .replies import Action, Attempt, backoff, decide
+from .ordering import Sequencer
+from .replies import Action, Attempt, backoff, dead_letter_kind, decide
 from .serving import Server, make_app
 
 logger = logging.getLogger("streamgroup.sidecar")
 
 # Back-off for Redis operations (connection loss, restarts): quick first, then calm.
 REDIS_RETRY = RetrySettings(initial=0.1, maximum=5.0, multiplier=2.0, jitter=0.2)
+# Back-off while the app refuses connections: short, so deliveries resume soon after it is back.
+APP_DOWN_RETRY = RetrySettings(initial=0.1, maximum=1.0, multiplier=2.0, jitter=0.2)
+LEASE_BATCH = 500
+
+
+class GroupLost(RuntimeError):
+    """The group or stream was deleted and ``--on-group-loss exit`` asks to stop."""
 
 
 class Sidecar:
@@ -64,22 +80,29 @@ class Sidecar:
         self._static = {s: self._builder.static_headers(s) for s in group.streams}
         self._deliverer = Deliverer(delivery.app_url, delivery.request_timeout, delivery.max_in_flight)
         self._acker = Acker(self._send_acks, self._on_ack_error, self.metrics.acks.inc)
+        self._sequencer = Sequencer(delivery.ordering_field)
         self._queue: asyncio.Queue[Entry | None] = asyncio.Queue()
+        self._held: dict[str, dict[str, Entry]] = {s: {} for s in group.streams}
+        """Every entry this sidecar holds (queued, waiting for its key, delivering, retrying): leased."""
+        self._lost: set[tuple[str, str]] = set()
         self._free = delivery.max_in_flight
         self._reading = 0  # slots reserved by the read in progress, not yet holding entries
         self.metrics.in_flight.set_function(lambda: delivery.max_in_flight - self._free - self._reading)
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._app_up = asyncio.Event()
+        self._app_up.set()
         self._server = Server(
             make_app(self.registry, self._readiness, lambda: {"alive": True}),
             settings.server.host, settings.server.port,
         )
         self._rng = random.Random()
+        self._min_idle_ms = int(settings.claim.min_idle * 1000)
         self.redis_ok = False
         self.groups_ok = False
-        self.app_ok = True
         self._read_incident = Incident(logger, "reading from Redis")
         self._stats_incident = Incident(logger, "reading group stats")
+        self._lease_incident = Incident(logger, "renewing leases")
         self._app_incident = Incident(logger, "reaching the app")
 
     # --- life cycle ------------------------------------------------------------------------
@@ -87,6 +110,10 @@ class Sidecar:
     @property
     def health_port(self) -> int | None:
         return self._server.port
+
+    @property
+    def app_ok(self) -> bool:
+        return self._app_up.is_set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down gracefully."""
@@ -102,7 +129,10 @@ class Sidecar:
         background = [
             asyncio.create_task(self._acker.run(), name="acker"),
             asyncio.create_task(self._stats_loop(), name="stats"),
+            asyncio.create_task(self._lease_loop(), name="lease"),
         ]
+        if s.delivery.app_health_url:
+            background.append(asyncio.create_task(self._app_health_loop(s.delivery.app_health_url), name="health"))
         reader = asyncio.create_task(self._read_loop(), name="reader")
         stopper = asyncio.create_task(stop.wait(), name="stop")
         try:
@@ -117,32 +147,70 @@ class Sidecar:
         self, reader: asyncio.Task[None], workers: list[asyncio.Task[None]],
         background: list[asyncio.Task[Any]], stopper: asyncio.Task[Any],
     ) -> None:
-        deadline = time.monotonic() + self.settings.shutdown.grace
+        grace = self.settings.shutdown.grace
+        deadline = time.monotonic() + grace
+        # Time kept back for flushing acks and handing pending entries over.
+        handover_reserve = min(2.0, grace / 4)
         logger.info("shutting down: no new reads; finishing in-flight deliveries")
         self._stopping.set()
         stopper.cancel()
         # The reader notices the stop after its current blocking read (at most --read-block).
         # Cancelling a blocking read is only the fallback: some redis-py releases swallow it.
-        await _finish(reader, self.settings.read.block + 1.0)
-        # Entries queued but not started stay pending in Redis for the next owner.
+        await _finish(reader, min(self.settings.read.block + 1.0, max(0.0, deadline - time.monotonic())))
+        # Entries not started yet stay pending in Redis; they are handed over below.
         while not self._queue.empty():
-            self._queue.get_nowait()
+            entry = self._queue.get_nowait()
+            if entry is not None:
+                self._forget(entry)
+                self._release()
+        for entry in self._sequencer.drain():
+            self._forget(entry)
             self._release()
         for _ in workers:
             self._queue.put_nowait(None)  # each worker exits after its current entry
         # Workers finish the attempt in progress; those waiting to retry stop at once.
-        remaining = max(0.0, deadline - time.monotonic() - 1.0)
+        remaining = max(0.0, deadline - time.monotonic() - handover_reserve)
         _, late = await asyncio.wait(workers, timeout=remaining) if workers else (set(), set())
         for task in late:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
-        flushed = await self._acker.flush(max(0.1, deadline - time.monotonic()))
+        flushed = await self._acker.flush(max(0.1, deadline - time.monotonic() - handover_reserve / 2))
         for task in background:
             await _finish(task, 0.0)
+        handed: dict[str, int] = {}
+        left = False
+        if flushed:
+            try:
+                handed, left = await asyncio.wait_for(self._hand_over(), max(0.1, deadline - time.monotonic()))
+            except (RedisError, TimeoutError) as exc:
+                logger.warning("could not hand pending entries over; peers will reclaim them after "
+                               "--claim-min-idle", extra={"sg": {"error": repr(exc)}})
         await self._deliverer.close()
         await self._server.stop()
         await self._redis.aclose()
-        logger.info("stopped", extra={"sg": {"acks_flushed": flushed, "unfinished": len(late)}})
+        logger.info("stopped", extra={"sg": {"acks_flushed": flushed, "unfinished": len(late),
+                                             "handed_over": handed, "left_group": left}})
+
+    async def _hand_over(self) -> tuple[dict[str, int], bool]:
+        """Give our pending entries to a live peer, then leave the group where nothing is pending."""
+        group, me = self.settings.group.group, self.settings.group.consumer
+        handed: dict[str, int] = {}
+        left_everywhere = True
+        for stream in self._streams:
+            peers = await consuming.live_peers(self._redis, stream, group, me, self._min_idle_ms)
+            while peers:
+                ids = await consuming.own_pending_ids(self._redis, stream, group, me, 1000)
+                if not ids:
+                    break
+                # Marked idle for --claim-min-idle: the peer's next sweep takes them at once.
+                moved = await consuming.hand_over(self._redis, stream, group, peers[0], ids, self._min_idle_ms)
+                handed[stream] = handed.get(stream, 0) + moved
+                self.metrics.handed_over.labels(stream).inc(moved)
+            if handed.get(stream):
+                logger.info("handed pending entries over", extra={"sg": {
+                    "stream": stream, "peer": peers[0], "entries": handed[stream]}})
+            left_everywhere &= await consuming.leave_group(self._redis, stream, group, me)
+        return handed, left_everywhere
 
     # --- readiness -------------------------------------------------------------------------
 
@@ -165,7 +233,20 @@ class Sidecar:
         await consuming.ack(self._redis, self.settings.group.group, batch)
         self.redis_ok = True
 
-    # --- reading ---------------------------------------------------------------------------
+    def _app_state(self, up: bool, why: str = "") -> None:
+        if up:
+            self._app_up.set()
+            self._app_incident.recovered()
+        else:
+            self._app_up.clear()
+            self._app_incident.failed(why)
+
+    async def _app_health_loop(self, url: str) -> None:
+        while True:
+            self._app_state(await self._deliverer.probe(url), f"{url} did not answer 2xx")
+            await asyncio.sleep(self.settings.delivery.app_health_interval)
+
+    # --- taking entries --------------------------------------------------------------------
 
     async def _ensure_groups(self) -> None:
         group = self.settings.group
@@ -202,6 +283,19 @@ class Sidecar:
         taken, self._free = self._free, 0
         return taken
 
+    async def _with_slots(self, take: Callable[[int], Awaitable[list[Entry]]]) -> list[Entry]:
+        """Reserve slots, let ``take`` fetch at most that many entries, give back the unused slots."""
+        slots = self._reading = await self._reserve()
+        try:
+            entries = await take(slots)
+        except BaseException:
+            self._release(slots)
+            raise
+        finally:
+            self._reading = 0
+        self._release(slots - len(entries))
+        return entries
+
     def _positions(self, ids: dict[str, str], slots: int) -> tuple[dict[str, str], int]:
         """Positions and per-stream COUNT such that the reply can hold at most ``slots`` entries."""
         per_stream = slots // len(ids)
@@ -214,34 +308,57 @@ class Sidecar:
         return {name: ids[name] for name in chosen}, 1
 
     async def _read(self, ids: dict[str, str], block_ms: int | None) -> list[Entry]:
-        slots = self._reading = await self._reserve()
-        try:
+        async def take(slots: int) -> list[Entry]:
             positions, count = self._positions(ids, slots)
-            entries = await consuming.read(
-                self._redis, self.settings.group.group, self.settings.group.consumer,
-                positions, count, block_ms, self._names,
-            )
-        except BaseException:
-            self._release(slots)
-            raise
-        finally:
-            self._reading = 0
-        self._release(slots - len(entries))
-        return entries
+            return await consuming.read(self._redis, self.settings.group.group, self.settings.group.consumer,
+                                        positions, count, block_ms, self._names)
+        return await self._with_slots(take)
+
+    def _hold(self, entries: list[Entry]) -> None:
+        for entry in entries:
+            held = self._held[entry.stream]
+            if entry.id in held:
+                # Reclaimed while still in our hands (its lease had been lost): keep the one we have.
+                self._lost.discard((entry.stream, entry.id))
+                self._release()
+                continue
+            held[entry.id] = entry
+            if self._sequencer.admit(entry):
+                self._queue.put_nowait(entry)
+
+    def _forget(self, entry: Entry) -> None:
+        self._held[entry.stream].pop(entry.id, None)
+        self._lost.discard((entry.stream, entry.id))
+
+    def _holding(self) -> int:
+        return sum(len(h) for h in self._held.values())
+
+    async def _gate(self) -> None:
+        """While the app is down, take nothing new (entries in hand keep probing it)."""
+        while not self._app_up.is_set() and not self._stopping.is_set():
+            if not self.settings.delivery.app_health_url and not self._holding():
+                return  # nothing in hand to find out whether the app is back: let one entry try
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._app_up.wait(), 0.5)
 
     async def _read_loop(self) -> None:
         await self._ensure_groups()
         await self._with_redis_retries("xreadgroup", self._redeliver_own_pending)
-        block_ms = int(self.settings.read.block * 1000)
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time()
         new = {stream: ">" for stream in self._streams}
         while not self._stopping.is_set():
-            entries = await self._with_redis_retries("xreadgroup", lambda: self._read(new, block_ms))
-            for entry in entries:
-                self._queue.put_nowait(entry)
+            await self._gate()
+            if self._stopping.is_set():
+                break
+            if loop.time() >= next_sweep:
+                await self._with_redis_retries("xautoclaim", self._sweep)
+                next_sweep = loop.time() + self.settings.claim.interval
+            block_ms = max(1, int(min(self.settings.read.block, next_sweep - loop.time()) * 1000))
+            self._hold(await self._with_redis_retries("xreadgroup", functools.partial(self._read, new, block_ms)))
 
     async def _redeliver_own_pending(self) -> None:
         """Deliver again what this consumer had read but not acked before it restarted."""
-        group = self.settings.group
         cursor = {stream: "0" for stream in self._streams}
         total = 0
         while cursor and not self._stopping.is_set():
@@ -255,16 +372,68 @@ class Sidecar:
                     del cursor[stream]
                     continue
                 cursor[stream] = got[-1].id
-                # The history read bumped Redis' delivery counters; use them.
-                counts = await consuming.pending_counts(
-                    self._redis, stream, group.group, group.consumer, got[0].id, got[-1].id, len(got))
-                for entry in got:
-                    entry.deliveries = counts.get(entry.id, entry.deliveries)
-            for entry in entries:
-                self._queue.put_nowait(entry)
+                await self._load_delivery_counts(stream, got)
+            self._hold(entries)
             total += len(entries)
         if total:
             logger.info("re-delivering own pending entries", extra={"sg": {"entries": total}})
+
+    async def _load_delivery_counts(self, stream: str, entries: list[Entry]) -> None:
+        """History reads and claims bump Redis' delivery counters: take them from there."""
+        group = self.settings.group
+        counts = await consuming.pending_counts(
+            self._redis, stream, group.group, group.consumer, entries[0].id, entries[-1].id, len(entries))
+        for entry in entries:
+            entry.deliveries = counts.get(entry.id, entry.deliveries)
+
+    async def _sweep(self) -> None:
+        """Take over entries that other consumers left idle too long (and record trimmed ones)."""
+        group, me = self.settings.group.group, self.settings.group.consumer
+        for stream in self._streams:
+            cursor = "0-0"
+            for _ in range(self.settings.claim.max_pages):
+                if self._stopping.is_set():
+                    return
+                deleted: list[str] = []
+
+                async def take(slots: int, stream: str = stream) -> list[Entry]:
+                    nonlocal cursor, deleted
+                    cursor, claimed, deleted = await consuming.autoclaim(
+                        self._redis, stream, group, me, self._min_idle_ms, cursor, slots)
+                    return claimed
+
+                claimed = await self._with_slots(take)
+                if deleted:
+                    await self._record_trimmed(stream, deleted)
+                if claimed:
+                    await self._load_delivery_counts(stream, claimed)
+                    self.metrics.reclaimed.labels(stream).inc(len(claimed))
+                    logger.info("reclaimed idle entries", extra={"sg": {"stream": stream, "entries": len(claimed)}})
+                    self._hold(claimed)
+                if cursor == "0-0":
+                    break
+
+    async def _record_trimmed(self, stream: str, ids: list[str]) -> None:
+        """XAUTOCLAIM already dropped these from the PEL: write their dead letters, retrying until done."""
+        settings = self.settings
+        target = settings.delivery.dead_letter_stream.format(stream=stream)
+        failures = 0
+        while True:
+            try:
+                await consuming.record_trimmed(
+                    self._redis, stream, target, settings.group.group, settings.group.consumer, ids)
+                break
+            except RedisError as exc:
+                failures += 1
+                self._redis_failed("dead_letter", self._read_incident, exc)
+                if await self._stopped_during(backoff(failures, REDIS_RETRY, self._rng)):
+                    logger.error("trimmed entries not recorded before shutdown",
+                                 extra={"sg": {"stream": stream, "ids": ids}})
+                    return
+        self.metrics.entries.labels(stream, "dead_lettered").inc(len(ids))
+        self.metrics.dead_letters.labels(stream, "trimmed").inc(len(ids))
+        logger.warning("pending entries were trimmed before delivery; recorded as dead letters",
+                       extra={"sg": {"stream": stream, "dead_letter_stream": target, "ids": ids}})
 
     async def _with_redis_retries(self, operation: str, call: Callable[[], Awaitable[Any]]) -> Any:
         failures = 0
@@ -275,7 +444,7 @@ class Sidecar:
                 failures += 1
                 self._redis_failed(operation, self._read_incident, exc)
                 if consuming.is_nogroup(exc):
-                    await self._recreate_group()
+                    await self._group_lost()
                 else:
                     await asyncio.sleep(backoff(failures, REDIS_RETRY, self._rng))
                 continue
@@ -283,29 +452,70 @@ class Sidecar:
             self.redis_ok = True
             return result
 
-    async def _recreate_group(self) -> None:
-        """The group (or the stream) was deleted under us: recreate it at the configured start."""
+    async def _group_lost(self) -> None:
+        """The group (or the stream) was deleted under us: recreate it, or stop, as configured."""
         self.groups_ok = False
+        self.metrics.group_recreated.inc()
+        group = self.settings.group
+        if group.on_loss == "exit":
+            raise GroupLost(f"consumer group {group.group!r} or one of its streams was deleted")
         logger.error("consumer group or stream was deleted; recreating it", extra={"sg": {
-            "group": self.settings.group.group, "start_from": self.settings.group.start_from}})
+            "group": group.group, "start_from": group.start_from}})
         await self._ensure_groups()
+
+    # --- leases ----------------------------------------------------------------------------
+
+    async def _lease_loop(self) -> None:
+        group, me = self.settings.group.group, self.settings.group.consumer
+        while True:
+            await asyncio.sleep(self.settings.claim.min_idle / 3)
+            try:
+                for stream, held in self._held.items():
+                    snapshot = [(entry_id, entry.deliveries) for entry_id, entry in held.items()]
+                    for start in range(0, len(snapshot), LEASE_BATCH):
+                        lost = await consuming.refresh_leases(
+                            self._redis, stream, group, me, snapshot[start:start + LEASE_BATCH])
+                        for entry_id in lost:
+                            if entry_id in held:
+                                self._lost.add((stream, entry_id))
+                                self.metrics.leases_lost.labels(stream).inc()
+                                logger.warning("another consumer took over an entry in delivery; abandoning it",
+                                               extra={"sg": {"stream": stream, "id": entry_id}})
+                self._lease_incident.recovered()
+            except RedisError as exc:
+                self._redis_failed("lease", self._lease_incident, exc)
 
     # --- delivering ------------------------------------------------------------------------
 
     async def _worker(self) -> None:
-        while (entry := await self._queue.get()) is not None:
-            try:
-                await self._deliver(entry)
-            finally:
-                self._release()
+        while (item := await self._queue.get()) is not None:
+            entry: Entry | None = item
+            while entry is not None:
+                try:
+                    await self._deliver(entry)
+                finally:
+                    self._forget(entry)
+                    self._release()
+                entry = self._sequencer.finish(entry)
+                if entry is not None and self._stopping.is_set():
+                    self._forget(entry)  # stays pending in Redis, handed over at shutdown
+                    self._release()
+                    entry = None
 
     async def _deliver(self, entry: Entry) -> None:
         if entry.fields is None:
             await self._dead_letter(entry, "trimmed", "entry was deleted from the stream before delivery")
             return
         stream = entry.stream
+        gated = bool(self.settings.delivery.app_health_url)
         failures = 0
         while True:
+            if (stream, entry.id) in self._lost:
+                return  # a peer owns it now
+            if gated and not self._app_up.is_set():
+                await _first(self._app_up.wait(), self._stopping.wait())
+                if self._stopping.is_set():
+                    return
             try:
                 request = self._builder.build(entry, self._static[stream])
             except MissingBodyField as exc:
@@ -320,6 +530,7 @@ class Sidecar:
                 f"status-{attempt.status}" if attempt.status is not None else (attempt.error or "error"))
             self.metrics.attempts.labels(stream, result).inc()
             if verdict.action is Action.ACK:
+                # Even if a peer took it over meanwhile: acking spares it a duplicate delivery.
                 self._acker.ack(stream, entry.id)
                 self.metrics.entries.labels(stream, "acked").inc()
                 self.metrics.end_to_end.labels(stream).observe(
@@ -330,19 +541,21 @@ class Sidecar:
                 return
             self.metrics.retries.labels(stream, verdict.reason).inc()
             failures += 1
+            unreachable = attempt.error == "connection"
             delay = verdict.delay if verdict.delay is not None else backoff(
-                failures, self.settings.retry, self._rng)
+                failures, APP_DOWN_RETRY if unreachable else self.settings.retry, self._rng)
             if await self._stopped_during(delay):
                 return  # left pending in Redis for the next owner
-            entry.deliveries += 1
+            if not unreachable:
+                entry.deliveries += 1
 
     def _note_app(self, attempt: Attempt) -> None:
+        if self.settings.delivery.app_health_url:
+            return  # the health loop decides
         if attempt.error == "connection":
-            self.app_ok = False
-            self._app_incident.failed("connection refused or unreachable")
+            self._app_state(False, "connection refused or unreachable")
         elif attempt.status is not None:
-            self.app_ok = True
-            self._app_incident.recovered()
+            self._app_state(True)
 
     async def _stopped_during(self, delay: float) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -367,6 +580,7 @@ class Sidecar:
             incident.recovered()
             break
         self.metrics.entries.labels(entry.stream, "dead_lettered").inc()
+        self.metrics.dead_letters.labels(entry.stream, dead_letter_kind(reason)).inc()
         logger.warning("entry dead-lettered", extra={"sg": {
             "stream": entry.stream, "id": entry.id, "dead_letter_stream": target, "reason": reason,
             "detail": detail, "deliveries": entry.deliveries, "was_pending": moved}})
@@ -394,6 +608,16 @@ class Sidecar:
             except RedisError as exc:
                 self._redis_failed("stats", self._stats_incident, exc)
             await asyncio.sleep(self.settings.server.stats_interval)
+
+
+async def _first(*waits: Awaitable[Any]) -> None:
+    """Wait until the first of ``waits`` completes; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 async def _finish(task: asyncio.Task[Any], wait: float) -> None:
