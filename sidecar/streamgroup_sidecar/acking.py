@@ -12,13 +12,8 @@ stays pending and is delivered again, never dropped.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-
-from .logs import Incident
-
-logger = logging.getLogger("streamgroup.acking")
 
 AckSender = Callable[[dict[str, list[str]]], Awaitable[None]]
 
@@ -26,6 +21,7 @@ AckSender = Callable[[dict[str, list[str]]], Awaitable[None]]
 class Acker:
     def __init__(self, send: AckSender, on_error: Callable[[BaseException], None],
                  on_batch: Callable[[], None], retry_delay: float = 0.5) -> None:
+        """``on_error`` reports (and logs) a failed batch; ``on_batch`` counts a sent one."""
         self._send = send
         self._on_error = on_error
         self._on_batch = on_batch
@@ -35,7 +31,6 @@ class Acker:
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._incident = Incident(logger, "acknowledging entries (XACK)")
 
     @property
     def buffered(self) -> int:
@@ -63,7 +58,6 @@ class Acker:
         try:
             await self._send(dict(batch))
         except Exception as exc:  # Redis down: put the batch back and try again later
-            self._incident.failed(exc)
             self._on_error(exc)
             for stream, ids in batch.items():
                 self._buffer[stream][:0] = ids
@@ -71,7 +65,6 @@ class Acker:
             await asyncio.sleep(self._retry_delay)
             self._wakeup.set()
             return
-        self._incident.recovered()
         self._on_batch()
         if self._count:
             self._wakeup.set()

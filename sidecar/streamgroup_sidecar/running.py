@@ -36,7 +36,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import consuming
 from .acking import Acker
@@ -100,9 +102,13 @@ class Sidecar:
         self._min_idle_ms = int(settings.claim.min_idle * 1000)
         self.redis_ok = False
         self.groups_ok = False
+        # Connection loss is one incident whichever task notices it first; other errors
+        # (a missing group, a script error) are logged per task.
+        self._redis_incident = Incident(logger, "reaching Redis")
         self._read_incident = Incident(logger, "reading from Redis")
         self._stats_incident = Incident(logger, "reading group stats")
         self._lease_incident = Incident(logger, "renewing leases")
+        self._ack_incident = Incident(logger, "acknowledging entries (XACK)")
         self._app_incident = Incident(logger, "reaching the app")
 
     # --- life cycle ------------------------------------------------------------------------
@@ -221,17 +227,23 @@ class Sidecar:
 
     def _redis_failed(self, operation: str, incident: Incident, exc: BaseException) -> None:
         self.metrics.redis_errors.labels(operation).inc()
-        if not consuming.is_nogroup(exc):
+        if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
             self.redis_ok = False
-        incident.failed(exc)
+            self._redis_incident.failed(exc)
+        else:
+            incident.failed(exc)
+
+    def _redis_recovered(self, incident: Incident) -> None:
+        self.redis_ok = True
+        self._redis_incident.recovered()
+        incident.recovered()
 
     def _on_ack_error(self, exc: BaseException) -> None:
-        self.metrics.redis_errors.labels("xack").inc()
-        self.redis_ok = False
+        self._redis_failed("xack", self._ack_incident, exc)
 
     async def _send_acks(self, batch: dict[str, list[str]]) -> None:
         await consuming.ack(self._redis, self.settings.group.group, batch)
-        self.redis_ok = True
+        self._redis_recovered(self._ack_incident)
 
     def _app_state(self, up: bool, why: str = "") -> None:
         if up:
@@ -264,8 +276,7 @@ class Sidecar:
                 self._redis_failed("xgroup_create", incident, exc)
                 await asyncio.sleep(backoff(failures, REDIS_RETRY, self._rng))
                 continue
-            incident.recovered()
-            self.redis_ok = True
+            self._redis_recovered(incident)
             self.groups_ok = True
             return
 
@@ -448,8 +459,7 @@ class Sidecar:
                 else:
                     await asyncio.sleep(backoff(failures, REDIS_RETRY, self._rng))
                 continue
-            self._read_incident.recovered()
-            self.redis_ok = True
+            self._redis_recovered(self._read_incident)
             return result
 
     async def _group_lost(self) -> None:
@@ -469,21 +479,22 @@ class Sidecar:
         group, me = self.settings.group.group, self.settings.group.consumer
         while True:
             await asyncio.sleep(self.settings.claim.min_idle / 3)
-            try:
-                for stream, held in self._held.items():
-                    snapshot = [(entry_id, entry.deliveries) for entry_id, entry in held.items()]
-                    for start in range(0, len(snapshot), LEASE_BATCH):
+            for stream, held in self._held.items():
+                snapshot = [(entry_id, entry.deliveries) for entry_id, entry in held.items()]
+                for start in range(0, len(snapshot), LEASE_BATCH):
+                    try:
                         lost = await consuming.refresh_leases(
                             self._redis, stream, group, me, snapshot[start:start + LEASE_BATCH])
-                        for entry_id in lost:
-                            if entry_id in held:
-                                self._lost.add((stream, entry_id))
-                                self.metrics.leases_lost.labels(stream).inc()
-                                logger.warning("another consumer took over an entry in delivery; abandoning it",
-                                               extra={"sg": {"stream": stream, "id": entry_id}})
-                self._lease_incident.recovered()
-            except RedisError as exc:
-                self._redis_failed("lease", self._lease_incident, exc)
+                    except RedisError as exc:
+                        self._redis_failed("lease", self._lease_incident, exc)
+                        break
+                    self._redis_recovered(self._lease_incident)
+                    for entry_id in lost:
+                        if entry_id in held:
+                            self._lost.add((stream, entry_id))
+                            self.metrics.leases_lost.labels(stream).inc()
+                            logger.warning("another consumer took over an entry in delivery; abandoning it",
+                                           extra={"sg": {"stream": stream, "id": entry_id}})
 
     # --- delivering ------------------------------------------------------------------------
 
@@ -577,7 +588,7 @@ class Sidecar:
                 if await self._stopped_during(backoff(failures, REDIS_RETRY, self._rng)):
                     return
                 continue
-            incident.recovered()
+            self._redis_recovered(incident)
             break
         self.metrics.entries.labels(entry.stream, "dead_lettered").inc()
         self.metrics.dead_letters.labels(entry.stream, dead_letter_kind(reason)).inc()
@@ -604,7 +615,7 @@ class Sidecar:
                         oldest_pending_age_seconds=await consuming.oldest_pending_age(
                             self._redis, stream, group),
                     )
-                self._stats_incident.recovered()
+                self._redis_recovered(self._stats_incident)
             except RedisError as exc:
                 self._redis_failed("stats", self._stats_incident, exc)
             await asyncio.sleep(self.settings.server.stats_interval)

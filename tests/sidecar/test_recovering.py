@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
 import zlib
 
@@ -149,6 +150,30 @@ class TestRedisFaults:
             assert client.xlen("orders:dead") == 0
         finally:
             server.cleanup()
+
+    async def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends(
+        self, app: RecordingApp, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.INFO, logger="streamgroup")
+        server = RedisServer(appendonly=True).start()
+        try:
+            settings = settings_for(server, app, stats_interval="100ms", claim_min_idle="300ms",
+                                    claim_interval="100ms")
+            async with running(settings):
+                server.client().xadd("orders", {"k": "v"})
+                await app.wait_until(lambda: len(app.succeeded()) >= 1)
+                server.stop()
+                await asyncio.sleep(2.5)  # reads, stats, leases and sweeps all fail meanwhile
+                server.start()
+                server.client().xadd("orders", {"k": "again"})
+                await app.wait_until(lambda: len(app.succeeded()) >= 2, timeout=20)
+                await asyncio.sleep(0.5)
+        finally:
+            server.cleanup()
+        messages = [r.getMessage() for r in caplog.records if r.name == "streamgroup.sidecar"]
+        assert messages.count("reaching Redis failed; retrying quietly until it recovers") == 1
+        assert messages.count("reaching Redis recovered") == 1
+        assert not [m for m in messages if "failed" in m and "reaching Redis" not in m]
 
     async def test_a_deleted_group_is_recreated_and_delivery_goes_on(
         self, redis_server: RedisServer, app: RecordingApp
