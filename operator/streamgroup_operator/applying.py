@@ -1,0 +1,112 @@
+"""Kubernetes API calls of the operator, each a thin blocking call run in a thread.
+
+The Deployment is written with server-side apply under one field manager, so fields that
+other controllers own (an HPA on the Deployment would conflict: use the StreamGroup's scale
+subresource instead) are reported as conflicts rather than silently overwritten, and fields
+the operator stops setting are removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from .building import GROUP, PLURAL, VERSION, selector_string
+
+FIELD_MANAGER = "streamgroup-operator"
+
+
+class SecretMissing(LookupError):
+    """A Secret or key the StreamGroup refers to does not exist (message names it, never its value)."""
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    """A client model as the plain dict the API server would send."""
+    plain: dict[str, Any] = k8s.ApiClient().sanitize_for_serialization(obj)
+    return plain
+
+
+def load_config() -> None:
+    try:
+        k8s_config.load_incluster_config()
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config()
+
+
+async def apply_deployment(body: dict[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+
+    def call() -> dict[str, Any]:
+        api = k8s.AppsV1Api()
+        result = api.patch_namespaced_deployment(
+            meta["name"], meta["namespace"], body, field_manager=FIELD_MANAGER, force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+        return _plain(result)
+
+    return await asyncio.to_thread(call)
+
+
+async def read_deployment(namespace: str, name: str) -> dict[str, Any] | None:
+    def call() -> dict[str, Any] | None:
+        try:
+            result = k8s.AppsV1Api().read_namespaced_deployment(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return _plain(result)
+
+    return await asyncio.to_thread(call)
+
+
+async def scale_deployment(namespace: str, name: str, replicas: int) -> None:
+    """Set replicas only (through the Deployment's scale subresource), leaving the rest alone."""
+    def call() -> None:
+        k8s.AppsV1Api().patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
+
+    await asyncio.to_thread(call)
+
+
+async def live_pod_names(namespace: str, name: str) -> set[str]:
+    """Names of the StreamGroup's pods that exist and are not finished (their consumers are alive)."""
+    def call() -> set[str]:
+        pods: Any = k8s.CoreV1Api().list_namespaced_pod(namespace, label_selector=selector_string(name))
+        return {str(p.metadata.name) for p in pods.items
+                if (p.status is None or p.status.phase not in ("Succeeded", "Failed"))
+                and p.metadata.deletion_timestamp is None}
+
+    return await asyncio.to_thread(call)
+
+
+async def read_secret_value(namespace: str, name: str, key: str) -> bytes:
+    def call() -> bytes:
+        try:
+            secret = k8s.CoreV1Api().read_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise SecretMissing(f"Secret {namespace}/{name} not found") from None
+            raise
+        data = secret.data or {}
+        if key not in data:
+            raise SecretMissing(f"Secret {namespace}/{name} has no key {key!r}")
+        return base64.b64decode(data[key])
+
+    return await asyncio.to_thread(call)
+
+
+async def list_streamgroups(namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Every StreamGroup the operator watches (to know whether a consumer group is shared)."""
+    def call() -> list[dict[str, Any]]:
+        api: Any = k8s.CustomObjectsApi()
+        if not namespaces:
+            return list(api.list_cluster_custom_object(GROUP, VERSION, PLURAL).get("items", []))
+        return [item for ns in namespaces
+                for item in api.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL).get("items", [])]
+
+    return await asyncio.to_thread(call)

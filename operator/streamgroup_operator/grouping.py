@@ -1,0 +1,186 @@
+"""The operator's Redis work: the consumer group's existence, its numbers, and its consumers.
+
+Lag comes from ``XINFO GROUPS``. Redis reports it as nil when it cannot compute it (after
+XDEL, XSETID, or when the group's position was trimmed away); then the entries after the
+group's last-delivered ID are counted with one bounded XRANGE, and a count that reaches the
+bound is reported as the bound (a lower bound: never more scaling than the data supports).
+"""
+
+from __future__ import annotations
+
+import ssl
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from streamgroup_sidecar import consuming
+from streamgroup_sidecar.ids import start_position
+
+LAG_COUNT_BOUND = 10_000
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How to reach one StreamGroup's Redis; secrets are values here, never logged."""
+
+    url: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_pem: bytes | None = field(default=None, repr=False)
+    client_cert_pem: bytes | None = field(default=None, repr=False)
+    client_key_pem: bytes | None = field(default=None, repr=False)
+
+
+def connect(conn: Connection) -> aioredis.Redis:
+    kwargs: dict[str, Any] = {"socket_connect_timeout": 5.0, "socket_timeout": 10.0, "retry_on_timeout": False}
+    if conn.username:
+        kwargs["username"] = conn.username
+    if conn.password:
+        kwargs["password"] = conn.password
+    if conn.url.startswith("rediss://"):
+        kwargs["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+        if conn.ca_pem:
+            kwargs["ssl_ca_data"] = conn.ca_pem.decode()
+        if conn.client_cert_pem and conn.client_key_pem:
+            # The ssl module loads client certificates from files only.
+            folder = Path(tempfile.mkdtemp(prefix="sg-tls-"))
+            (folder / "tls.crt").write_bytes(conn.client_cert_pem)
+            (folder / "tls.key").write_bytes(conn.client_key_pem)
+            (folder / "tls.key").chmod(0o600)
+            kwargs["ssl_certfile"] = str(folder / "tls.crt")
+            kwargs["ssl_keyfile"] = str(folder / "tls.key")
+    client: aioredis.Redis = aioredis.Redis.from_url(conn.url, **kwargs)
+    return client
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    stream: str
+    exists: bool
+    lag: int | None
+    pending: int
+    oldest_pending_age_seconds: float | None
+    consumers: dict[str, tuple[int, int]]
+    """Consumer name → (pending entries, idle milliseconds)."""
+    dead_letters: int
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    streams: list[StreamStats]
+
+    @property
+    def group_ready(self) -> bool:
+        return all(s.exists for s in self.streams)
+
+    @property
+    def lag(self) -> int | None:
+        if any(s.lag is None for s in self.streams):
+            return None
+        return sum(s.lag or 0 for s in self.streams)
+
+    @property
+    def pending(self) -> int:
+        return sum(s.pending for s in self.streams)
+
+    @property
+    def oldest_pending_age_seconds(self) -> float | None:
+        ages = [s.oldest_pending_age_seconds for s in self.streams if s.oldest_pending_age_seconds is not None]
+        return max(ages) if ages else None
+
+    @property
+    def consumers(self) -> int:
+        return max((len(s.consumers) for s in self.streams), default=0)
+
+    @property
+    def dead_letters(self) -> int:
+        return sum(s.dead_letters for s in self.streams)
+
+
+async def ensure_group(client: aioredis.Redis, streams: list[str], group: str, start_from: str) -> list[str]:
+    """Create the group where missing (with MKSTREAM); returns the streams where it was created."""
+    start = start_position(start_from)
+    created = []
+    for stream in streams:
+        if await consuming.ensure_group(client, stream, group, start):
+            created.append(stream)
+    return created
+
+
+async def destroy_group(client: aioredis.Redis, streams: list[str], group: str) -> int:
+    destroyed = 0
+    for stream in streams:
+        try:
+            destroyed += int(await client.xgroup_destroy(stream, group))
+        except ResponseError as exc:
+            if "no such key" not in str(exc).lower():
+                raise
+    return destroyed
+
+
+async def bounded_lag(client: aioredis.Redis, stream: str, last_delivered: str) -> int:
+    """Entries after ``last_delivered``, counted up to :data:`LAG_COUNT_BOUND`."""
+    rows = await client.xrange(stream, min=f"({last_delivered}", max="+", count=LAG_COUNT_BOUND)
+    return len(rows)
+
+
+async def measure(client: aioredis.Redis, streams: list[str], group: str, dead_letter_streams: list[str]) -> GroupStats:
+    results = []
+    for stream, dead in zip(streams, dead_letter_streams, strict=True):
+        info = await consuming.group_info(client, stream, group)
+        dead_letters = int(await client.xlen(dead))
+        if info is None:
+            results.append(StreamStats(stream, False, None, 0, None, {}, dead_letters))
+            continue
+        lag = info.get("lag")
+        if not isinstance(lag, int) or lag < 0:
+            lag = await bounded_lag(client, stream, _text(info.get("last-delivered-id", b"0-0")))
+        rows = await client.xinfo_consumers(stream, group)
+        consumers = {_text(r["name"]): (int(r["pending"]), int(r["idle"])) for r in rows}
+        results.append(StreamStats(
+            stream=stream, exists=True, lag=int(lag), pending=int(info.get("pending") or 0),
+            oldest_pending_age_seconds=await consuming.oldest_pending_age(client, stream, group),
+            consumers=consumers, dead_letters=dead_letters,
+        ))
+    return GroupStats(results)
+
+
+@dataclass(frozen=True)
+class Cleanup:
+    removed: list[str]
+    handed_over: int
+
+
+async def clean_consumers(
+    client: aioredis.Redis, stats: GroupStats, group: str, live: set[str], idle_limit_ms: int, claim_min_idle_ms: int
+) -> Cleanup:
+    """Remove consumers that belong to no live replica, after handing their pending entries over.
+
+    Pod-named consumers pile up in Redis otherwise (every rollout adds new names). A dead
+    consumer's pending entries go to a live consumer, marked idle so that its next reclaim
+    sweep delivers them; a consumer is deleted only once nothing is pending for it.
+    """
+    removed: list[str] = []
+    handed = 0
+    for stream_stats in stats.streams:
+        alive_here = [name for name in stream_stats.consumers if name in live]
+        for name, (pending, idle_ms) in stream_stats.consumers.items():
+            if name in live or idle_ms < idle_limit_ms:
+                continue
+            if pending:
+                if not alive_here:
+                    continue  # nobody to give them to yet: keep the consumer and its entries
+                while ids := await consuming.own_pending_ids(client, stream_stats.stream, group, name, 1000):
+                    handed += await consuming.hand_over(client, stream_stats.stream, group, alive_here[0], ids,
+                                                        claim_min_idle_ms)
+            if await consuming.leave_group(client, stream_stats.stream, group, name):
+                removed.append(name)
+    return Cleanup(sorted(set(removed)), handed)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,303 @@
+"""kopf handlers: the thin shell that turns StreamGroup events into Redis and API work.
+
+* on create, update and resume: ensure the consumer group, apply the Deployment (sidecar
+  injected), report conditions;
+* every ``SG_OPERATOR_RESYNC_INTERVAL``: measure lag and pending, decide replicas (autoscaling
+  on) or follow ``spec.replicas`` (autoscaling off, set by ``kubectl scale``, an HPA or KEDA
+  through the scale subresource), remove consumers of no live replica, refresh status and metrics;
+* on delete: with ``deletionPolicy: Delete``, destroy the group unless another StreamGroup
+  uses it. The Deployment goes with its owner (garbage collection).
+
+Decisions live in pure modules (:mod:`.building`, :mod:`.scaling`, :mod:`.conditions`); the
+Redis and Kubernetes calls in :mod:`.grouping` and :mod:`.applying`.
+
+Production settings: the operator runs as a single replica (``standalone``: no peering
+objects; the chart's Deployment uses the Recreate strategy so two never overlap). Watches ask
+the API server to end them every few minutes and the client gives up shortly after, so a
+silently dropped connection cannot stall reconciliation. Kubernetes Events are posted for
+warnings and errors only: a resync every few seconds would flood them otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from streamgroup_sidecar.config import parse_duration
+from streamgroup_sidecar.serving import Server, make_app
+
+from . import applying, building, grouping, scaling
+from .conditions import DEPLOYMENT_READY, GROUP_READY, REDIS_REACHABLE, Condition, merge, now_text
+from .config import OperatorSettings, from_environ
+from .metrics import OperatorMetrics, Snapshot
+
+SETTINGS: OperatorSettings = from_environ()
+logger = logging.getLogger("streamgroup.operator")
+
+
+@dataclass
+class State:
+    """What the operator remembers between handler calls (kopf's ``memo.state``)."""
+
+    settings: OperatorSettings
+    metrics: OperatorMetrics
+    clients: dict[tuple[str, str], tuple[grouping.Connection, aioredis.Redis]] = field(default_factory=dict)
+    histories: dict[tuple[str, str], tuple[tuple[float, int], ...]] = field(default_factory=dict)
+    server: Server | None = None
+
+    async def client_for(self, namespace: str, name: str, spec: dict[str, Any]) -> aioredis.Redis:
+        conn = await resolve_connection(namespace, spec["redis"])
+        cached = self.clients.get((namespace, name))
+        if cached is not None and cached[0] == conn:
+            return cached[1]
+        if cached is not None:
+            await cached[1].aclose()
+        client = grouping.connect(conn)
+        self.clients[(namespace, name)] = (conn, client)
+        return client
+
+    async def forget(self, namespace: str, name: str) -> None:
+        cached = self.clients.pop((namespace, name), None)
+        if cached is not None:
+            await cached[1].aclose()
+        self.histories.pop((namespace, name), None)
+        self.metrics.groups.snapshots.pop((namespace, name), None)
+
+
+async def resolve_connection(namespace: str, redis: dict[str, Any]) -> grouping.Connection:
+    """Connection settings, with secret values read from the StreamGroup's namespace."""
+    password = ca = cert = key = None
+    if ref := redis.get("passwordSecretRef"):
+        password = (await applying.read_secret_value(namespace, ref["name"], ref.get("key", "password"))).decode()
+    tls = redis.get("tls", {})
+    if ref := tls.get("caSecretRef"):
+        ca = await applying.read_secret_value(namespace, ref["name"], ref.get("key", "ca.crt"))
+    if ref := tls.get("clientCertSecretRef"):
+        cert = await applying.read_secret_value(namespace, ref["name"], "tls.crt")
+        key = await applying.read_secret_value(namespace, ref["name"], "tls.key")
+    return grouping.Connection(url=building.redis_url(redis), username=redis.get("username"), password=password,
+                               ca_pem=ca, client_cert_pem=cert, client_key_pem=key)
+
+
+def redis_condition(exc: BaseException) -> Condition:
+    """RedisReachable=False with a reason and a message that never carries a secret."""
+    if isinstance(exc, applying.SecretMissing):
+        return Condition(REDIS_REACHABLE, False, "SecretMissing", str(exc))
+    if isinstance(exc, AuthenticationError):
+        return Condition(REDIS_REACHABLE, False, "AuthenticationFailed", "Redis refused the credentials")
+    if isinstance(exc, RedisConnectionError):
+        return Condition(REDIS_REACHABLE, False, "Unreachable", str(exc)[:300])
+    return Condition(REDIS_REACHABLE, False, "RedisError", f"{type(exc).__name__}: {str(exc)[:300]}")
+
+
+def _state(memo: kopf.Memo) -> State:
+    return memo["state"]  # type: ignore[no-any-return]
+
+
+def _autoscaling(spec: dict[str, Any]) -> scaling.Autoscaling | None:
+    return scaling.Autoscaling.from_spec(spec["autoscaling"]) if "autoscaling" in spec else None
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.peering.standalone = True
+    settings.persistence.finalizer = "streamgroup.io/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="streamgroup.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="streamgroup.io", key="last-handled-configuration")
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.watching.connect_timeout = 10
+    settings.posting.level = logging.WARNING
+    settings.batching.error_delays = (1, 2, 5, 10, 20, 30, 60)
+    applying.load_config()
+    if "state" not in memo:
+        memo["state"] = State(settings=SETTINGS, metrics=OperatorMetrics(CollectorRegistry()))
+    state = _state(memo)
+    if state.server is None:
+        state.server = Server(make_app(state.metrics.registry, lambda: {"watching": True}, lambda: {"alive": True}),
+                              state.settings.server.host, state.settings.server.port)
+        port = await state.server.start()
+        logger.info("serving /healthz and /metrics", extra={"sg": {"port": port}})
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    state = _state(memo)
+    for namespace, name in list(state.clients):
+        await state.forget(namespace, name)
+    if state.server is not None:
+        await state.server.stop()
+        state.server = None
+
+
+@kopf.on.create(building.GROUP, building.VERSION, building.PLURAL)
+@kopf.on.update(building.GROUP, building.VERSION, building.PLURAL)
+@kopf.on.resume(building.GROUP, building.VERSION, building.PLURAL)
+async def reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status,
+                    patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    state = _state(memo)
+    namespace, name = meta["namespace"], meta["name"]
+    spec_dict = dict(spec)
+    updates: list[Condition] = []
+    failure: BaseException | None = None
+    try:
+        client = await state.client_for(namespace, name, spec_dict)
+        created = await grouping.ensure_group(client, list(spec["streams"]), spec["group"], spec.get("startFrom", "$"))
+        updates.append(Condition(REDIS_REACHABLE, True, "Connected", "Redis answered"))
+        updates.append(Condition(GROUP_READY, True, "Created" if created else "Exists",
+                                 f"group {spec['group']!r} on {len(spec['streams'])} stream(s)"
+                                 + (f"; created on {', '.join(created)}" if created else "")))
+    except (RedisError, applying.SecretMissing, OSError) as exc:
+        failure = exc
+        updates.append(redis_condition(exc))
+        updates.append(Condition(GROUP_READY, None, "RedisUnreachable", "cannot check the group"))
+        state.metrics.redis_errors.labels(namespace, name).inc()
+
+    existing = await applying.read_deployment(namespace, name)
+    current = int(existing["spec"].get("replicas", 0)) if existing else None
+    policy = _autoscaling(spec_dict)
+    if policy is not None:
+        # The operator owns replicas: keep what the autoscaler chose, within the (maybe new) bounds.
+        start = current if current is not None else policy.min_replicas
+        replicas = max(policy.min_replicas, min(policy.max_replicas, start))
+    else:
+        replicas = int(spec.get("replicas", 1))
+    deployment = building.build_deployment(dict(body), replicas, state.settings.sidecar)
+    await applying.apply_deployment(deployment)
+
+    patch.status["observedGeneration"] = meta.get("generation")
+    patch.status["selector"] = building.selector_string(name)
+    patch.status["replicas"] = replicas
+    patch.status["conditions"] = merge(list(status.get("conditions", [])), updates, int(meta.get("generation", 0)))
+    state.metrics.reconciles.labels("spec", "error" if failure else "ok").inc()
+    if failure is not None:
+        raise kopf.TemporaryError(f"Redis not ready: {redis_condition(failure).message}", delay=10)
+
+
+@kopf.timer(building.GROUP, building.VERSION, building.PLURAL, interval=SETTINGS.watch.resync_interval,
+            initial_delay=min(2.0, SETTINGS.watch.resync_interval))
+async def resync(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status,
+                 patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    state = _state(memo)
+    namespace, name = meta["namespace"], meta["name"]
+    spec_dict = dict(spec)
+    updates: list[Condition] = []
+    deployment = await applying.read_deployment(namespace, name)
+    current = int(deployment["spec"].get("replicas", 0)) if deployment else 0
+    desired = current
+    stats: grouping.GroupStats | None = None
+    try:
+        client = await state.client_for(namespace, name, spec_dict)
+        stats = await grouping.measure(client, list(spec["streams"]), spec["group"],
+                                       building.dead_letter_streams(spec_dict))
+        updates.append(Condition(REDIS_REACHABLE, True, "Connected", "Redis answered"))
+        if stats.group_ready:
+            updates.append(Condition(GROUP_READY, True, "Exists", f"group {spec['group']!r} present"))
+        else:
+            missing = [s.stream for s in stats.streams if not s.exists]
+            updates.append(Condition(GROUP_READY, False, "GroupMissing", f"no group on {', '.join(missing)}"))
+    except (RedisError, applying.SecretMissing, OSError) as exc:
+        updates.append(redis_condition(exc))
+        state.metrics.redis_errors.labels(namespace, name).inc()
+        state.metrics.reconciles.labels("resync", "error").inc()
+
+    policy = _autoscaling(spec_dict)
+    if stats is not None and deployment is not None:
+        if policy is not None:
+            history = state.histories.get((namespace, name), ())
+            decision = scaling.decide(stats.lag, stats.pending, current, history, policy, time.monotonic())
+            state.histories[(namespace, name)] = decision.history
+            desired = decision.replicas
+            patch.status["desiredReplicas"] = desired
+        else:
+            desired = int(spec.get("replicas", 1))
+        if desired != current:
+            await applying.scale_deployment(namespace, name, desired)
+            state.metrics.scalings.labels(namespace, name, "up" if desired > current else "down").inc()
+            patch.status["lastScaleTime"] = now_text()
+            logger.info("scaled", extra={"sg": {"namespace": namespace, "name": name, "from": current,
+                                                 "to": desired}})
+        await _clean_consumers(state, namespace, name, spec_dict, stats)
+
+    if deployment is None:
+        updates.append(Condition(DEPLOYMENT_READY, False, "Missing", "the Deployment does not exist yet"))
+    else:
+        ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
+        patch.status["readyReplicas"] = ready
+        if desired == 0:
+            updates.append(Condition(DEPLOYMENT_READY, True, "ScaledToZero", "no replicas needed"))
+        elif ready >= desired:
+            updates.append(Condition(DEPLOYMENT_READY, True, "ReplicasReady", f"{ready}/{desired} replicas ready"))
+        else:
+            updates.append(Condition(DEPLOYMENT_READY, False, "ReplicasNotReady", f"{ready}/{desired} replicas ready"))
+
+    patch.status["replicas"] = desired
+    patch.status["selector"] = building.selector_string(name)
+    if stats is not None:
+        lag = stats.lag
+        patch.status["lag"] = lag  # None removes it: unknown is not zero
+        patch.status["pending"] = stats.pending
+        age = stats.oldest_pending_age_seconds
+        patch.status["oldestPendingAgeSeconds"] = round(age, 3) if age is not None else None
+        patch.status["consumers"] = stats.consumers
+        patch.status["deadLetterLength"] = stats.dead_letters
+        state.metrics.groups.snapshots[(namespace, name)] = Snapshot(
+            namespace, name, spec["group"], stats, patch.status.get("desiredReplicas"), desired)
+        state.metrics.reconciles.labels("resync", "ok").inc()
+    patch.status["conditions"] = merge(list(status.get("conditions", [])), updates,
+                                       int(status.get("observedGeneration") or meta.get("generation", 0)))
+
+
+async def _clean_consumers(state: State, namespace: str, name: str, spec: dict[str, Any],
+                           stats: grouping.GroupStats) -> None:
+    live = await applying.live_pod_names(namespace, name)
+    client = await state.client_for(namespace, name, spec)
+    min_idle = spec.get("claim", {}).get("minIdle", "30s")
+    cleanup = await grouping.clean_consumers(
+        client, stats, spec["group"], live, int(state.settings.watch.consumer_idle_limit * 1000),
+        int(parse_duration(min_idle) * 1000))
+    if cleanup.removed:
+        state.metrics.consumers_removed.labels(namespace, name).inc(len(cleanup.removed))
+        logger.info("removed consumers of no live replica", extra={"sg": {
+            "namespace": namespace, "name": name, "consumers": cleanup.removed,
+            "entries_handed_over": cleanup.handed_over}})
+
+
+def _shares_group(mine: dict[str, Any], other: dict[str, Any]) -> bool:
+    a, b = mine["spec"], other["spec"]
+    return (
+        building.redis_url(a["redis"]) == building.redis_url(b["redis"])
+        and a["group"] == b["group"]
+        and bool(set(a["streams"]) & set(b["streams"]))
+    )
+
+
+@kopf.on.delete(building.GROUP, building.VERSION, building.PLURAL)
+async def delete(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
+    state = _state(memo)
+    namespace, name = meta["namespace"], meta["name"]
+    try:
+        if spec.get("deletionPolicy", "Retain") == "Delete":
+            others = [sg for sg in await applying.list_streamgroups(state.settings.watch.namespaces)
+                      if sg["metadata"]["uid"] != meta["uid"] and _shares_group(dict(body), sg)]
+            if others:
+                users = ", ".join(f"{o['metadata']['namespace']}/{o['metadata']['name']}" for o in others)
+                logger.info("deletionPolicy Delete: group kept, other StreamGroups use it",
+                            extra={"sg": {"namespace": namespace, "name": name, "used_by": users}})
+            else:
+                client = await state.client_for(namespace, name, dict(spec))
+                destroyed = await grouping.destroy_group(client, list(spec["streams"]), spec["group"])
+                logger.info("deletionPolicy Delete: consumer group destroyed", extra={"sg": {
+                    "namespace": namespace, "name": name, "group": spec["group"], "streams": destroyed}})
+    except (RedisError, applying.SecretMissing, OSError) as exc:
+        raise kopf.TemporaryError(f"cannot delete the group yet: {redis_condition(exc).message}", delay=10) from exc
+    await state.forget(namespace, name)

@@ -1,0 +1,93 @@
+"""How many replicas a StreamGroup should run: a pure function of what was measured.
+
+The rule follows the HorizontalPodAutoscaler's, applied to Redis numbers:
+
+* the raw recommendation is ``ceil(lag / targetLagPerReplica)``, or the larger of that and
+  ``ceil(pending / targetPendingPerReplica)`` when a pending target is set, clamped to
+  ``[minReplicas, maxReplicas]``;
+* **activation**: with ``minReplicas: 0``, a group with nothing to do scales to zero, and any
+  lag or pending entry brings it back to at least one replica;
+* **stabilization**: recommendations are remembered; scaling up goes to the *lowest*
+  recommendation of the last ``scaleUpStabilizationSeconds``, scaling down to the *highest*
+  of the last ``scaleDownStabilizationSeconds``, so a brief spike or dip does not flap replicas;
+* **never on garbage**: when lag is unknown (Redis reports it as nil after XDEL, XSETID or
+  trimming, and the bounded count could not tell either) replicas stay as they are.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target_lag: int = 100
+    target_pending: int | None = None
+    up_window: float = 0.0
+    down_window: float = 300.0
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Autoscaling:
+        return cls(
+            min_replicas=int(spec.get("minReplicas", 1)),
+            max_replicas=int(spec["maxReplicas"]),
+            target_lag=int(spec.get("targetLagPerReplica", 100)),
+            target_pending=int(spec["targetPendingPerReplica"]) if "targetPendingPerReplica" in spec else None,
+            up_window=float(spec.get("scaleUpStabilizationSeconds", 0)),
+            down_window=float(spec.get("scaleDownStabilizationSeconds", 300)),
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    replicas: int
+    recommendation: int | None
+    """The raw recommendation of this round (``None`` when the inputs were unknown)."""
+    history: tuple[tuple[float, int], ...] = field(default=())
+    """(time, recommendation) pairs to remember for the next round."""
+    reason: str = ""
+
+
+def recommend(lag: int, pending: int, policy: Autoscaling) -> int:
+    """The replicas these numbers call for, before stabilization."""
+    wanted = math.ceil(lag / policy.target_lag)
+    if policy.target_pending is not None:
+        wanted = max(wanted, math.ceil(pending / policy.target_pending))
+    if lag > 0 or pending > 0:
+        wanted = max(wanted, 1)  # activation from zero
+    return max(policy.min_replicas, min(policy.max_replicas, wanted))
+
+
+def decide(
+    lag: int | None,
+    pending: int | None,
+    current: int,
+    history: tuple[tuple[float, int], ...],
+    policy: Autoscaling,
+    now: float,
+) -> Decision:
+    """Replicas to run now, given the measurements, the current count and past recommendations."""
+    if lag is None or pending is None:
+        kept = max(policy.min_replicas, min(policy.max_replicas, current))
+        return Decision(kept, None, history, "lag unknown: replicas kept")
+    raw = recommend(lag, pending, policy)
+    horizon = max(policy.up_window, policy.down_window)
+    remembered = (*((t, r) for t, r in history if now - t <= horizon), (now, raw))
+    up = min(r for t, r in remembered if now - t <= policy.up_window)
+    down = max(r for t, r in remembered if now - t <= policy.down_window)
+    desired = max(policy.min_replicas, min(policy.max_replicas, current))
+    if desired < up:
+        desired = up
+    if desired > down:
+        desired = down
+    if desired > current:
+        reason = f"lag {lag}, pending {pending}: scale up"
+    elif desired < current:
+        reason = f"lag {lag}, pending {pending}: scale down"
+    else:
+        reason = f"lag {lag}, pending {pending}: steady"
+    return Decision(desired, raw, remembered, reason)

@@ -1,0 +1,177 @@
+"""The Deployment built from a StreamGroup, and the SG_ contract between operator and sidecar."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from streamgroup_operator.building import SIDECAR_NAME, build_deployment, dead_letter_streams, redis_url
+from streamgroup_operator.config import SidecarDefaults
+from streamgroup_sidecar.config import OPTIONS, parse_settings
+
+DEFAULTS = SidecarDefaults(image="registry.example/streamgroup:1.2.3")
+
+
+def streamgroup(**spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "redis": {"url": "redis://redis.data:6379/2", "passwordSecretRef": {"name": "redis-auth"}},
+        "streams": ["orders", "refunds"],
+        "group": "billing",
+        "template": {
+            "metadata": {"labels": {"team": "payments"}},
+            "spec": {"containers": [{"name": "app", "image": "billing:7"}], "terminationGracePeriodSeconds": 60},
+        },
+    }
+    base.update(spec)
+    return {"apiVersion": "streamgroup.io/v1alpha1", "kind": "StreamGroup",
+            "metadata": {"name": "billing", "namespace": "pay", "uid": "uid-1"}, "spec": base}
+
+
+def sidecar_of(deployment: dict[str, Any]) -> dict[str, Any]:
+    [sidecar] = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == SIDECAR_NAME]
+    return sidecar
+
+
+def as_kubelet_would(env: list[dict[str, Any]], pod: str, secrets: dict[tuple[str, str], str]) -> dict[str, str]:
+    """Resolve env the way the kubelet does: plain values, the pod's name, Secret keys."""
+    resolved = {}
+    for var in env:
+        if "value" in var:
+            resolved[var["name"]] = var["value"]
+        elif "fieldRef" in var["valueFrom"]:
+            assert var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+            resolved[var["name"]] = pod
+        else:
+            ref = var["valueFrom"]["secretKeyRef"]
+            resolved[var["name"]] = secrets[(ref["name"], ref["key"])]
+    return resolved
+
+
+class TestTheSidecarContract:
+    def test_the_env_the_operator_writes_is_what_the_sidecar_parses(self) -> None:
+        sg = streamgroup(
+            startFrom="2024-05-01T00:00:00Z",
+            delivery={"port": 9000, "path": "/events", "healthPath": "/health", "maxInFlight": 64,
+                      "timeout": "5s", "maxDeliveries": 4, "deadLetterStream": "dlq:{stream}",
+                      "deadLetterStatuses": [422, 400], "orderingField": "account",
+                      "retry": {"initial": "100ms", "max": "10s", "multiplier": 3, "jitter": 0.1}},
+            claim={"minIdle": "45s", "interval": "5s"},
+            sidecar={"logLevel": "debug"},
+        )
+        sg["spec"]["redis"]["username"] = "billing-svc"
+        env = sidecar_of(build_deployment(sg, 2, DEFAULTS))["env"]
+        settings = parse_settings([], as_kubelet_would(env, "billing-7d9f-abc", {("redis-auth", "password"): "pw"}))
+        assert settings.redis.url == "redis://redis.data:6379/2"
+        assert (settings.redis.username, settings.redis.password) == ("billing-svc", "pw")
+        assert settings.group.streams == ("orders", "refunds")
+        assert settings.group.group == "billing"
+        assert settings.group.consumer == "billing-7d9f-abc"
+        assert settings.group.start_from.startswith("1714521599999-")
+        assert settings.delivery.app_url == "http://127.0.0.1:9000/events"
+        assert settings.delivery.app_health_url == "http://127.0.0.1:9000/health"
+        assert settings.delivery.max_in_flight == 64
+        assert settings.delivery.request_timeout == 5.0
+        assert settings.delivery.max_deliveries == 4
+        assert settings.delivery.dead_letter_stream == "dlq:{stream}"
+        assert settings.delivery.dead_letter_statuses == {400, 422}
+        assert settings.delivery.ordering_field == "account"
+        assert (settings.retry.initial, settings.retry.maximum) == (0.1, 10.0)
+        assert (settings.retry.multiplier, settings.retry.jitter) == (3.0, 0.1)
+        assert (settings.claim.min_idle, settings.claim.interval) == (45.0, 5.0)
+        assert settings.server.port == DEFAULTS.health_port
+        assert settings.shutdown.grace == 55.0, "terminationGracePeriodSeconds minus a margin"
+        assert settings.log_level == "debug"
+
+    def test_defaults_on_both_sides_agree(self) -> None:
+        env = sidecar_of(build_deployment(streamgroup(), 1, DEFAULTS))["env"]
+        settings = parse_settings([], as_kubelet_would(env, "pod-1", {("redis-auth", "password"): "pw"}))
+        plain = parse_settings([], {"SG_STREAMS": "orders,refunds", "SG_GROUP": "billing",
+                                    "SG_CONSUMER": "pod-1", "SG_REDIS_URL": "redis://redis.data:6379/2",
+                                    "SG_REDIS_PASSWORD": "pw", "SG_HEALTH_PORT": "9400",
+                                    "SG_SHUTDOWN_GRACE": "55s"})
+        assert settings == plain
+
+    def test_every_variable_written_is_one_the_sidecar_knows(self) -> None:
+        sg = streamgroup(delivery={"body": "raw", "bodyField": "payload", "contentType": "application/x-protobuf"})
+        sg["spec"]["redis"]["tls"] = {"enabled": True, "caSecretRef": {"name": "ca"},
+                                      "clientCertSecretRef": {"name": "client"}}
+        known = {o.env for o in OPTIONS}
+        written = {e["name"] for e in sidecar_of(build_deployment(sg, 1, DEFAULTS))["env"]}
+        assert written <= known, written - known
+
+    def test_tls_material_is_mounted_from_secrets_and_pointed_to(self) -> None:
+        sg = streamgroup(redis={"host": "redis", "port": 6380, "db": 1,
+                                "tls": {"enabled": True, "caSecretRef": {"name": "redis-ca", "key": "bundle.pem"},
+                                        "clientCertSecretRef": {"name": "redis-client"}}})
+        deployment = build_deployment(sg, 1, DEFAULTS)
+        sidecar = sidecar_of(deployment)
+        env = {e["name"]: e.get("value") for e in sidecar["env"]}
+        assert env["SG_REDIS_URL"] == "rediss://redis:6380/1"
+        assert env["SG_REDIS_TLS_CA_FILE"] == "/etc/streamgroup/tls/ca/bundle.pem"
+        assert env["SG_REDIS_TLS_CERT_FILE"] == "/etc/streamgroup/tls/client/tls.crt"
+        volumes = {v["name"]: v["secret"]["secretName"] for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        assert volumes == {"streamgroup-redis-ca": "redis-ca", "streamgroup-redis-client": "redis-client"}
+        assert all(m["readOnly"] for m in sidecar["volumeMounts"])
+        settings = parse_settings([], as_kubelet_would(sidecar["env"], "p", {}))
+        assert settings.redis.tls_ca_file == "/etc/streamgroup/tls/ca/bundle.pem"
+
+
+class TestTheDeployment:
+    def test_the_app_template_is_kept_and_the_sidecar_added_with_a_locked_down_security_context(self) -> None:
+        sg = streamgroup()
+        original = copy.deepcopy(sg)
+        deployment = build_deployment(sg, 3, DEFAULTS)
+        assert sg == original, "the StreamGroup is not modified"
+        pod = deployment["spec"]["template"]
+        assert pod["spec"]["containers"][0] == {"name": "app", "image": "billing:7"}
+        assert pod["metadata"]["labels"]["team"] == "payments"
+        assert deployment["spec"]["selector"]["matchLabels"] == {"streamgroup.io/name": "billing"}
+        assert pod["metadata"]["labels"]["streamgroup.io/name"] == "billing"
+        assert deployment["spec"]["replicas"] == 3
+        sidecar = sidecar_of(deployment)
+        assert sidecar["image"] == "registry.example/streamgroup:1.2.3"
+        assert sidecar["securityContext"]["runAsNonRoot"] is True
+        assert sidecar["securityContext"]["readOnlyRootFilesystem"] is True
+        assert sidecar["securityContext"]["allowPrivilegeEscalation"] is False
+        assert sidecar["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+        assert sidecar["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+    def test_it_is_owned_by_its_streamgroup(self) -> None:
+        [owner] = build_deployment(streamgroup(), 1, DEFAULTS)["metadata"]["ownerReferences"]
+        assert owner == {"apiVersion": "streamgroup.io/v1alpha1", "kind": "StreamGroup", "name": "billing",
+                         "uid": "uid-1", "controller": True, "blockOwnerDeletion": True}
+
+    def test_no_secret_value_is_ever_written_into_the_deployment(self) -> None:
+        env = sidecar_of(build_deployment(streamgroup(), 1, DEFAULTS))["env"]
+        [password] = [e for e in env if e["name"] == "SG_REDIS_PASSWORD"]
+        assert password == {"name": "SG_REDIS_PASSWORD",
+                             "valueFrom": {"secretKeyRef": {"name": "redis-auth", "key": "password"}}}
+
+    def test_the_sidecar_image_and_resources_can_be_overridden(self) -> None:
+        sg = streamgroup(sidecar={"image": "mine:1", "resources": {"limits": {"memory": "1Gi"}}})
+        sidecar = sidecar_of(build_deployment(sg, 1, DEFAULTS))
+        assert sidecar["image"] == "mine:1"
+        assert sidecar["resources"] == {"limits": {"memory": "1Gi"}}
+
+    def test_a_template_that_already_has_a_container_with_the_sidecars_name_is_refused(self) -> None:
+        sg = streamgroup()
+        sg["spec"]["template"]["spec"]["containers"].append({"name": SIDECAR_NAME, "image": "x"})
+        with pytest.raises(ValueError, match=SIDECAR_NAME):
+            build_deployment(sg, 1, DEFAULTS)
+
+    @pytest.mark.parametrize("redis, expected", [
+        ({"url": "redis://r:6379/0"}, "redis://r:6379/0"),
+        ({"url": "redis://r:6379/0", "tls": {"enabled": True}}, "rediss://r:6379/0"),
+        ({"host": "r"}, "redis://r:6379/0"),
+        ({"host": "r", "port": 7000, "db": 3, "tls": {"enabled": True}}, "rediss://r:7000/3"),
+    ])
+    def test_the_redis_url_comes_from_url_or_host(self, redis: dict[str, Any], expected: str) -> None:
+        assert redis_url(redis) == expected
+
+    def test_dead_letter_streams_follow_the_template(self) -> None:
+        assert dead_letter_streams(streamgroup()["spec"]) == ["orders:dead", "refunds:dead"]
+        assert dead_letter_streams(streamgroup(delivery={"deadLetterStream": "dlq-{stream}"})["spec"]) == [
+            "dlq-orders", "dlq-refunds"]
