@@ -67,6 +67,8 @@ class StreamStats:
     consumers: dict[str, tuple[int, int]]
     """Consumer name → (pending entries, idle milliseconds)."""
     dead_letters: int
+    entries_read: int | None = None
+    """Entries the group has read so far (XINFO GROUPS entries-read): grows while someone reads."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,7 @@ async def measure(client: aioredis.Redis, streams: list[str], group: str, dead_l
             stream=stream, exists=True, lag=int(lag), pending=int(info.get("pending") or 0),
             oldest_pending_age_seconds=await consuming.oldest_pending_age(client, stream, group),
             consumers=consumers, dead_letters=dead_letters,
+            entries_read=int(info["entries-read"]) if isinstance(info.get("entries-read"), int) else None,
         ))
     return GroupStats(results)
 

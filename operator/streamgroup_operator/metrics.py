@@ -44,6 +44,9 @@ class StreamGroupCollector(Collector):
                                            labels=stream_labels),
             "dead": GaugeMetricFamily("streamgroup_dead_letter_length", "Entries in the dead-letter stream.",
                                       labels=stream_labels),
+            "read": GaugeMetricFamily("streamgroup_entries_read",
+                                      "Entries the group has read so far (XINFO GROUPS entries-read); its rate is "
+                                      "the group's read throughput.", labels=stream_labels),
             "group_ready": GaugeMetricFamily("streamgroup_group_exists",
                                              "1 when the consumer group exists on the stream.", labels=stream_labels),
         }
@@ -62,6 +65,8 @@ class StreamGroupCollector(Collector):
                     families["lag"].add_metric(values, stream.lag)
                 families["pending"].add_metric(values, stream.pending)
                 families["consumers"].add_metric(values, len(stream.consumers))
+                if stream.entries_read is not None:
+                    families["read"].add_metric(values, stream.entries_read)
                 if stream.oldest_pending_age_seconds is not None:
                     families["oldest"].add_metric(values, stream.oldest_pending_age_seconds)
             replicas.add_metric([snap.namespace, snap.name], snap.replicas)
