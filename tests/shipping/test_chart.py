@@ -1,0 +1,142 @@
+"""The Helm chart: lint, render with default and other values, and the files generated from sources."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "streamgroup"
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    bin_dir = Path(os.environ.get("STREAMGROUP_BIN_DIR", Path.home() / ".cache" / "streamgroup" / "bin"))
+    binary = bin_dir / "helm"
+    assert binary.exists(), f"{binary} is missing: run hack/control-plane/build.sh"
+    result = subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=120, cwd=REPO)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def render(*sets: str) -> list[dict[str, Any]]:
+    args = ["template", "sg", str(CHART), "--namespace", "streamgroup-system"]
+    for item in sets:
+        args += ["--set", item]
+    return [doc for doc in yaml.safe_load_all(helm(*args).stdout) if doc]
+
+
+def kinds(docs: list[dict[str, Any]]) -> list[str]:
+    return sorted(f"{d['kind']}/{d['metadata'].get('namespace', '')}" for d in docs)
+
+
+NON_DEFAULT = [
+    "operator.watchNamespaces={team-a,team-b}", "metrics.serviceMonitor.enabled=true",
+    "metrics.podMonitor.enabled=true", "prometheusRule.enabled=true", "alerts.lagHigh=5000",
+    "dashboard.enabled=false", "image.tag=9.9.9", "sidecar.image=mirror.example/streamgroup:9.9.9",
+]
+
+
+class TestLintAndRender:
+    def test_the_chart_lints_with_default_and_other_values(self) -> None:
+        helm("lint", str(CHART), "--strict")
+        helm("lint", str(CHART), "--strict", *[arg for item in NON_DEFAULT for arg in ("--set", item)])
+
+    def test_by_default_the_operator_watches_the_cluster_with_a_cluster_role(self) -> None:
+        docs = render()
+        assert kinds(docs) == sorted([
+            "ClusterRole/", "ClusterRoleBinding/", "ConfigMap/streamgroup-system", "Deployment/streamgroup-system",
+            "Service/streamgroup-system", "ServiceAccount/streamgroup-system"])
+        [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+        pod = deployment["spec"]["template"]["spec"]
+        assert deployment["spec"]["strategy"] == {"type": "Recreate"} and deployment["spec"]["replicas"] == 1
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+        env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+        assert env["SG_OPERATOR_SIDECAR_IMAGE"] == "streamgroup/streamgroup:0.1.0"
+        assert env["SG_OPERATOR_NAMESPACES"] == ""
+
+    def test_namespaced_mode_grants_roles_in_the_watched_namespaces_only(self) -> None:
+        docs = render(*NON_DEFAULT)
+        assert "ClusterRole/" not in kinds(docs) and "ClusterRoleBinding/" not in kinds(docs)
+        roles = {d["metadata"]["namespace"] for d in docs if d["kind"] == "Role"}
+        bindings = {d["metadata"]["namespace"] for d in docs if d["kind"] == "RoleBinding"}
+        assert roles == bindings == {"team-a", "team-b"}
+        assert {d["kind"] for d in docs} >= {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+        assert "ConfigMap" not in {d["kind"] for d in docs}
+        [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert container["image"] == "streamgroup/streamgroup:9.9.9"
+        assert env["SG_OPERATOR_SIDECAR_IMAGE"] == "mirror.example/streamgroup:9.9.9"
+        assert env["SG_OPERATOR_NAMESPACES"] == "team-a,team-b"
+        [rule] = [d for d in docs if d["kind"] == "PrometheusRule"]
+        assert "(streamgroup_lag) > 5000" in yaml.safe_dump(rule)
+
+    def test_the_operator_role_grants_only_what_the_operator_uses(self) -> None:
+        [role] = [d for d in render() if d["kind"] == "ClusterRole"]
+        granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+                   for v in rule["verbs"]}
+        assert not any(v in ("*", "delete", "deletecollection", "escalate", "bind", "impersonate")
+                       for _, _, v in granted)
+        assert ("", "secrets", "get") in granted and ("", "secrets", "list") not in granted
+        assert ("", "secrets", "watch") not in granted
+
+    def test_the_dashboard_configmap_is_labelled_for_grafanas_sidecar(self) -> None:
+        [config] = [d for d in render() if d["kind"] == "ConfigMap"]
+        assert config["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert config["data"]["streamgroup.json"].strip() == (CHART / "files/dashboard.json").read_text().strip()
+
+    @pytest.mark.parametrize("bad", ["operator.resyncInterval=soon", "operator.port=99999", "alerts.lagFor=later",
+                                     "image.pullPolicy=Sometimes", "operator.unknownKey=1"])
+    def test_the_values_schema_rejects_wrong_values(self, bad: str) -> None:
+        result = helm("template", "sg", str(CHART), "--set", bad, check=False)
+        assert result.returncode != 0
+        assert "schema" in result.stderr
+
+
+class TestGeneratedFilesAgreeWithTheirSources:
+    """Regenerate with hack/generate.sh."""
+
+    def test_the_chart_ships_the_same_crd_as_crds(self) -> None:
+        assert filecmp.cmp(REPO / "crds/streamgroup.io_streamgroups.yaml",
+                           CHART / "crds/streamgroup.io_streamgroups.yaml", shallow=False)
+
+    def test_the_plain_rules_file_is_the_chart_rules_with_default_values(self) -> None:
+        rendered = helm("template", "sg", str(CHART), "--set", "prometheusRule.enabled=true",
+                        "--show-only", "templates/monitoring/prometheusrule.yaml").stdout
+        plain = yaml.safe_load((REPO / "deploy/prometheus/alerts.yaml").read_text())
+        assert yaml.safe_load(rendered)["spec"]["groups"] == plain["groups"]
+
+
+class TestValuesDocumentation:
+    def test_every_value_has_a_doc_comment(self) -> None:
+        """Each leaf has a ``# --`` comment, or sits inside a map that has one (like resources)."""
+        undocumented = []
+        documented = False
+        parents: list[tuple[int, bool]] = []  # (indent, documented) of the enclosing maps
+        for line in (CHART / "values.yaml").read_text().splitlines():
+            stripped = line.strip()
+            if stripped.startswith("# --"):
+                documented = True
+                continue
+            if stripped.startswith("#") or not stripped or not re.match(r"^\s*[A-Za-z][\w-]*:", line):
+                continue
+            indent = len(line) - len(line.lstrip())
+            while parents and parents[-1][0] >= indent:
+                parents.pop()
+            covered = documented or any(doc for _, doc in parents)
+            key, _, value = stripped.partition(":")
+            if value.strip() and not covered:
+                undocumented.append(key)
+            if not value.strip():
+                parents.append((indent, documented))
+            documented = False
+        assert undocumented == []
