@@ -264,6 +264,10 @@ class DeliverySettings:
     """The ``ce-type`` header."""
     ordering_field: str | None = None
     """Entries with the same value of this field (per stream) are delivered one at a time, in order."""
+    batch_size: int = 1
+    """Entries per request: 1 posts each entry on its own; more posts JSON arrays (batch mode)."""
+    batch_wait: float = 0.005
+    """In batch mode, how long a request waits for more entries before it leaves partly filled, seconds."""
 
 
 @dataclass(frozen=True)
@@ -411,6 +415,11 @@ OPTIONS: tuple[Option, ...] = (
            "Dead-letter stream key; `{stream}` is replaced by the source stream."),
     Option("cloudevents-type", "delivery.cloudevents_type", _non_empty, "io.streamgroup.entry",
            "Value of the `ce-type` header."),
+    Option("batch-size", "delivery.batch_size", _int_at_least(1), "1",
+           "Entries per request. 1: one POST per entry. More: batch mode, a JSON array of up to this many "
+           "entries per POST, each acknowledged, retried or dead-lettered on its own (see Batch mode)."),
+    Option("batch-wait", "delivery.batch_wait", _non_negative_duration, "5ms",
+           "Batch mode: the longest a request waits for more entries before it is sent partly filled."),
     Option("ordering-field", "delivery.ordering_field", _non_empty, None,
            "Entries with the same value of this field (per stream) are delivered one at a time, in stream "
            "order; a failing entry holds its key back. Other keys go in parallel."),
@@ -487,6 +496,10 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
     delivery = sections.get("delivery", {})
     if delivery.get("body") == "raw" and not delivery.get("body_field"):
         raise ConfigError("--body-field / SG_BODY_FIELD is required when --body is raw")
+    if delivery.get("batch_size", 1) > 1 and delivery.get("body") == "raw":
+        raise ConfigError("--batch-size / SG_BATCH_SIZE above 1 needs --body json (a batch is a JSON array)")
+    if delivery.get("batch_size", 1) > delivery.get("max_in_flight", 32):
+        raise ConfigError("invalid --batch-size / SG_BATCH_SIZE: larger than --max-in-flight")
     retry = sections.get("retry", {})
     if retry.get("initial", 0) > retry.get("maximum", float("inf")):
         raise ConfigError("invalid --retry-initial / SG_RETRY_INITIAL: larger than --retry-max")

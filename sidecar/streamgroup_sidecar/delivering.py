@@ -11,8 +11,8 @@ import aiohttp
 from .encoding import Request
 from .replies import Attempt
 
-# Replies are only read to find {"status": ...}; a larger body is not a status reply.
-MAX_REPLY_BYTES = 64 * 1024
+# Replies are only read to find {"status": ...} (or a batch's "statuses"); a larger body is not one.
+MAX_REPLY_BYTES = 1024 * 1024
 
 
 class Deliverer:

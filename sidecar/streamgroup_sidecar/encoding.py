@@ -41,6 +41,13 @@ class Entry:
     """``None`` when the entry was deleted or trimmed after it was read into the group."""
     deliveries: int = 1
     """Attempts so far, including the current one (Redis' delivery counter plus local retries)."""
+    failures: int = 0
+    """Failed attempts by this sidecar, for its back-off."""
+
+    @property
+    def key(self) -> str:
+        """``<stream>/<id>``, percent-encoded: unique per entry; the Idempotency-Key and batch key."""
+        return f"{header_value(self.stream)}/{self.id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +81,12 @@ def _text(raw: bytes) -> tuple[str, bool]:
 
 def fields_to_json(fields: Fields) -> tuple[bytes, bool]:
     """Encode fields as a JSON object; returns the body and whether any part was base64-encoded."""
+    obj, binary = fields_to_object(fields)
+    return orjson.dumps(obj), binary
+
+
+def fields_to_object(fields: Fields) -> tuple[dict[str, Any], bool]:
+    """The fields as a JSON-ready dict (see the module's rules); and whether any part was base64-encoded."""
     obj: dict[str, Any] = {}
     binary = False
     for raw_name, raw_value in fields:
@@ -91,7 +104,7 @@ def fields_to_json(fields: Fields) -> tuple[bytes, bool]:
             previous.append(value)
         else:
             obj[name] = [previous, value]
-    return orjson.dumps(obj), binary
+    return obj, binary
 
 
 @dataclass(frozen=True)
@@ -123,7 +136,7 @@ class RequestBuilder:
         headers = dict(static)
         headers["Streamgroup-Id"] = entry.id
         headers["Streamgroup-Delivery-Count"] = str(entry.deliveries)
-        headers["Idempotency-Key"] = f"{static['Streamgroup-Stream']}/{entry.id}"
+        headers["Idempotency-Key"] = entry.key
         headers["ce-id"] = entry.id
         headers["ce-time"] = cloudevents_time(entry.id)
         if self.body == "json":
@@ -136,3 +149,32 @@ class RequestBuilder:
             if name == wanted:
                 return Request(value, headers)
         raise MissingBodyField(f"entry has no field {self.body_field!r}")
+
+    def batch_headers(self) -> dict[str, str]:
+        return {
+            "Content-Type": "application/json",
+            "Streamgroup-Group": header_value(self.group),
+            "Streamgroup-Consumer": header_value(self.consumer),
+        }
+
+    def build_batch(self, entries: list[Entry], static: dict[str, str]) -> Request:
+        """One request for several entries: a JSON array, one object per entry (see README, Batch mode)."""
+        items = []
+        binary = False
+        for entry in entries:
+            assert entry.fields is not None, "deleted entries are dead-lettered, not delivered"
+            fields, entry_binary = fields_to_object(entry.fields)
+            binary = binary or entry_binary
+            items.append({
+                "entryId": entry.key,
+                "stream": entry.stream,
+                "id": entry.id,
+                "deliveries": entry.deliveries,
+                "time": cloudevents_time(entry.id),
+                "fields": fields,
+            })
+        headers = dict(static)
+        headers["Streamgroup-Batch-Size"] = str(len(entries))
+        if binary:
+            headers["Streamgroup-Binary"] = "base64"
+        return Request(orjson.dumps(items), headers)

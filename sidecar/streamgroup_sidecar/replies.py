@@ -114,9 +114,8 @@ def classify(attempt: Attempt, delivery: DeliverySettings, retry: RetrySettings)
     return Verdict(Action.RETRY, f"status-{status}", delay)
 
 
-def decide(attempt: Attempt, deliveries: int, delivery: DeliverySettings, retry: RetrySettings) -> Verdict:
-    """:func:`classify`, then turn a retry into a dead letter once ``max_deliveries`` is used up."""
-    verdict = classify(attempt, delivery, retry)
+def _capped(verdict: Verdict, attempt: Attempt, deliveries: int, delivery: DeliverySettings) -> Verdict:
+    """Turn a retry into a dead letter once ``max_deliveries`` is used up (refused connections never count)."""
     if (
         verdict.action is Action.RETRY
         and attempt.error != "connection"
@@ -125,6 +124,59 @@ def decide(attempt: Attempt, deliveries: int, delivery: DeliverySettings, retry:
     ):
         return Verdict(Action.DEAD_LETTER, f"max-deliveries ({verdict.reason})")
     return verdict
+
+
+def decide(attempt: Attempt, deliveries: int, delivery: DeliverySettings, retry: RetrySettings) -> Verdict:
+    """:func:`classify`, then dead-letter a retry once ``max_deliveries`` is used up."""
+    return _capped(classify(attempt, delivery, retry), attempt, deliveries, delivery)
+
+
+_BATCH_STATUS = {
+    "SUCCESS": Verdict(Action.ACK, "ok"),
+    "RETRY": Verdict(Action.RETRY, "retry-requested"),
+    "DROP": Verdict(Action.DEAD_LETTER, "dropped"),
+}
+
+
+def _batch_statuses(attempt: Attempt) -> dict[str, str] | None:
+    if not attempt.body or "json" not in attempt.content_type.lower():
+        return None
+    try:
+        reply = orjson.loads(attempt.body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(reply, dict) or not isinstance(reply.get("statuses"), list):
+        return None
+    statuses = {}
+    for item in reply["statuses"]:
+        if isinstance(item, dict) and isinstance(item.get("entryId"), str) and isinstance(item.get("status"), str):
+            statuses[item["entryId"]] = item["status"].upper()
+    return statuses
+
+
+def decide_batch(
+    attempt: Attempt, entries: list[tuple[str, int]], delivery: DeliverySettings, retry: RetrySettings
+) -> list[Verdict]:
+    """One verdict per ``(entryId, deliveries)`` of a batch request.
+
+    A failed request (not 2xx) is a failure of every entry in it. A 2xx reply without a
+    ``statuses`` list accepts them all; with one, each entry gets its own status, and an
+    entry the reply does not mention is retried (reason ``missing-status``), never dropped.
+    """
+    if attempt.status is None or not 200 <= attempt.status < 300:
+        return [decide(attempt, deliveries, delivery, retry) for _, deliveries in entries]
+    statuses = _batch_statuses(attempt)
+    if statuses is None:
+        return [Verdict(Action.ACK, "ok")] * len(entries)
+    verdicts = []
+    for key, deliveries in entries:
+        status = statuses.get(key)
+        if status is None:
+            verdict = Verdict(Action.RETRY, "missing-status")
+        else:
+            verdict = _BATCH_STATUS.get(status, Verdict(Action.RETRY, "unknown-status"))
+        verdicts.append(_capped(verdict, attempt, deliveries, delivery))
+    return verdicts
 
 
 def dead_letter_kind(reason: str) -> str:

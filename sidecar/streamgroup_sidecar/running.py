@@ -49,7 +49,7 @@ from .ids import id_time
 from .logs import Incident
 from .metrics import GroupSnapshot, Metrics
 from .ordering import Sequencer
-from .replies import Action, Attempt, backoff, dead_letter_kind, decide
+from .replies import Action, Attempt, Verdict, backoff, dead_letter_kind, decide, decide_batch
 from .serving import Server, make_app
 
 logger = logging.getLogger("streamgroup.sidecar")
@@ -80,6 +80,7 @@ class Sidecar:
             content_type=delivery.content_type, cloudevents_type=delivery.cloudevents_type,
         )
         self._static = {s: self._builder.static_headers(s) for s in group.streams}
+        self._batch_headers = self._builder.batch_headers()
         self._deliverer = Deliverer(delivery.app_url, delivery.request_timeout, delivery.max_in_flight)
         self._acker = Acker(self._send_acks, self._on_ack_error, self.metrics.acks.inc)
         self._sequencer = Sequencer(delivery.ordering_field)
@@ -87,6 +88,7 @@ class Sidecar:
         self._held: dict[str, dict[str, Entry]] = {s: {} for s in group.streams}
         """Every entry this sidecar holds (queued, waiting for its key, delivering, retrying): leased."""
         self._lost: set[tuple[str, str]] = set()
+        self._retrying: set[asyncio.Task[None]] = set()
         self._free = delivery.max_in_flight
         self._reading = 0  # slots reserved by the read in progress, not yet holding entries
         self.metrics.in_flight.set_function(lambda: delivery.max_in_flight - self._free - self._reading)
@@ -130,8 +132,9 @@ class Sidecar:
             "redis": redacted_url(s.redis.url), "streams": list(self._streams), "group": s.group.group,
             "consumer": s.group.consumer, "app": s.delivery.app_url, "health_port": self._server.port,
         }})
+        # One worker per request in flight: each holds one entry, or one batch in batch mode.
         workers = [asyncio.create_task(self._worker(), name=f"worker-{i}")
-                   for i in range(s.delivery.max_in_flight)]
+                   for i in range(max(1, s.delivery.max_in_flight // s.delivery.batch_size))]
         background = [
             asyncio.create_task(self._acker.run(), name="acker"),
             asyncio.create_task(self._stats_loop(), name="stats"),
@@ -180,6 +183,8 @@ class Sidecar:
         for task in late:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
+        # Entries waiting to be retried give up their wait at once (the stop is set).
+        await asyncio.gather(*self._retrying, return_exceptions=True)
         flushed = await self._acker.flush(max(0.1, deadline - time.monotonic() - handover_reserve / 2))
         for task in background:
             await _finish(task, 0.0)
@@ -499,66 +504,122 @@ class Sidecar:
     # --- delivering ------------------------------------------------------------------------
 
     async def _worker(self) -> None:
-        while (item := await self._queue.get()) is not None:
-            entry: Entry | None = item
-            while entry is not None:
-                try:
-                    await self._deliver(entry)
-                finally:
-                    self._forget(entry)
-                    self._release()
-                entry = self._sequencer.finish(entry)
-                if entry is not None and self._stopping.is_set():
-                    self._forget(entry)  # stays pending in Redis, handed over at shutdown
-                    self._release()
-                    entry = None
+        while batch := await self._take_batch():
+            await self._deliver(batch)
 
-    async def _deliver(self, entry: Entry) -> None:
-        if entry.fields is None:
-            await self._dead_letter(entry, "trimmed", "entry was deleted from the stream before delivery")
+    async def _take_batch(self) -> list[Entry]:
+        """The next entries to send in one request: one, or in batch mode up to ``--batch-size``."""
+        first = await self._queue.get()
+        if first is None:
+            return []
+        batch = [first]
+        size = self.settings.delivery.batch_size
+        if size > 1:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.settings.delivery.batch_wait
+            while len(batch) < size:
+                try:
+                    item = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(self._queue.get(), remaining)
+                    except TimeoutError:
+                        break
+                if item is None:
+                    self._queue.put_nowait(None)  # a worker's stop signal: leave it for the next take
+                    break
+                batch.append(item)
+        return batch
+
+    def _done(self, entry: Entry) -> None:
+        """``entry`` left this sidecar's hands (acked, dead-lettered, given up): free its slot."""
+        self._forget(entry)
+        self._release()
+        after = self._sequencer.finish(entry)
+        if after is not None:
+            if self._stopping.is_set():
+                self._done(after)  # stays pending in Redis, handed over at shutdown
+            else:
+                self._queue.put_nowait(after)
+
+    async def _deliver(self, batch: list[Entry]) -> None:
+        """One attempt for ``batch`` (one entry, or several in batch mode), then settle each entry."""
+        ready = []
+        for entry in batch:
+            if entry.fields is None:
+                await self._dead_letter(entry, "trimmed", "entry was deleted from the stream before delivery")
+                self._done(entry)
+            elif (entry.stream, entry.id) in self._lost:
+                self._done(entry)  # a peer owns it now
+            else:
+                ready.append(entry)
+        if not ready:
             return
+        if self.settings.delivery.app_health_url and not self._app_up.is_set():
+            await _first(self._app_up.wait(), self._stopping.wait())
+            if self._stopping.is_set():
+                for entry in ready:
+                    self._done(entry)
+                return
+        first = ready[0]
+        try:
+            if self.settings.delivery.batch_size > 1:
+                request = self._builder.build_batch(ready, self._batch_headers)
+            else:
+                request = self._builder.build(first, self._static[first.stream])
+        except MissingBodyField as exc:
+            await self._dead_letter(first, "missing-body-field", str(exc))
+            self._done(first)
+            return
+        started = time.perf_counter()
+        attempt = await self._deliverer.post(request)
+        elapsed = time.perf_counter() - started
+        self._note_app(attempt)
+        result = "ok" if attempt.status is not None and 200 <= attempt.status < 300 else (
+            f"status-{attempt.status}" if attempt.status is not None else (attempt.error or "error"))
+        if self.settings.delivery.batch_size > 1:
+            verdicts = decide_batch(attempt, [(e.key, e.deliveries) for e in ready],
+                                    self.settings.delivery, self.settings.retry)
+        else:
+            verdicts = [decide(attempt, first.deliveries, self.settings.delivery, self.settings.retry)]
+        for entry, verdict in zip(ready, verdicts, strict=True):
+            self.metrics.latency.labels(entry.stream).observe(elapsed)
+            self.metrics.attempts.labels(entry.stream, result).inc()
+            await self._settle(entry, verdict, attempt, result)
+
+    async def _settle(self, entry: Entry, verdict: Verdict, attempt: Attempt, result: str) -> None:
         stream = entry.stream
-        gated = bool(self.settings.delivery.app_health_url)
-        failures = 0
-        while True:
-            if (stream, entry.id) in self._lost:
-                return  # a peer owns it now
-            if gated and not self._app_up.is_set():
-                await _first(self._app_up.wait(), self._stopping.wait())
-                if self._stopping.is_set():
-                    return
-            try:
-                request = self._builder.build(entry, self._static[stream])
-            except MissingBodyField as exc:
-                await self._dead_letter(entry, "missing-body-field", str(exc))
-                return
-            started = time.perf_counter()
-            attempt = await self._deliverer.post(request)
-            self.metrics.latency.labels(stream).observe(time.perf_counter() - started)
-            self._note_app(attempt)
-            verdict = decide(attempt, entry.deliveries, self.settings.delivery, self.settings.retry)
-            result = "ok" if attempt.status is not None and 200 <= attempt.status < 300 else (
-                f"status-{attempt.status}" if attempt.status is not None else (attempt.error or "error"))
-            self.metrics.attempts.labels(stream, result).inc()
-            if verdict.action is Action.ACK:
-                # Even if a peer took it over meanwhile: acking spares it a duplicate delivery.
-                self._acker.ack(stream, entry.id)
-                self.metrics.entries.labels(stream, "acked").inc()
-                self.metrics.end_to_end.labels(stream).observe(
-                    max(0.0, time.time() - id_time(entry.id).timestamp()))
-                return
-            if verdict.action is Action.DEAD_LETTER:
-                await self._dead_letter(entry, verdict.reason, f"last attempt: {result}")
-                return
-            self.metrics.retries.labels(stream, verdict.reason).inc()
-            failures += 1
-            unreachable = attempt.error == "connection"
-            delay = verdict.delay if verdict.delay is not None else backoff(
-                failures, APP_DOWN_RETRY if unreachable else self.settings.retry, self._rng)
-            if await self._stopped_during(delay):
-                return  # left pending in Redis for the next owner
-            if not unreachable:
-                entry.deliveries += 1
+        if verdict.action is Action.ACK:
+            # Even if a peer took it over meanwhile: acking spares it a duplicate delivery.
+            self._acker.ack(stream, entry.id)
+            self.metrics.entries.labels(stream, "acked").inc()
+            self.metrics.end_to_end.labels(stream).observe(max(0.0, time.time() - id_time(entry.id).timestamp()))
+            self._done(entry)
+            return
+        if verdict.action is Action.DEAD_LETTER:
+            await self._dead_letter(entry, verdict.reason, f"last attempt: {result}")
+            self._done(entry)
+            return
+        self.metrics.retries.labels(stream, verdict.reason).inc()
+        entry.failures += 1
+        unreachable = attempt.error == "connection"
+        delay = verdict.delay if verdict.delay is not None else backoff(
+            entry.failures, APP_DOWN_RETRY if unreachable else self.settings.retry, self._rng)
+        task = asyncio.create_task(self._retry_later(entry, delay, counts=not unreachable))
+        self._retrying.add(task)
+        task.add_done_callback(self._retrying.discard)
+
+    async def _retry_later(self, entry: Entry, delay: float, counts: bool) -> None:
+        """Back off, then queue ``entry`` again; it keeps its slot (and its key) meanwhile."""
+        if await self._stopped_during(delay):
+            self._done(entry)  # left pending in Redis for the next owner
+            return
+        if counts:
+            entry.deliveries += 1
+        self._queue.put_nowait(entry)
 
     def _note_app(self, attempt: Attempt) -> None:
         if self.settings.delivery.app_health_url:

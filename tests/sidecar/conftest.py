@@ -60,11 +60,18 @@ def group_pending(client: redis.Redis, stream: str, group: str = "workers") -> i
     return int(client.xpending(stream, group)["pending"])
 
 
+def group_backlog(client: redis.Redis, stream: str, group: str = "workers") -> tuple[int, int]:
+    """(lag, pending) of the group on ``stream``: both 0 once everything was read and acknowledged."""
+    [info] = [g for g in client.xinfo_groups(stream) if g["name"] == group.encode()]
+    return int(info["lag"] or 0), int(info["pending"])
+
+
 async def wait_for_pending_zero(client: redis.Redis, streams: list[str], timeout: float = 30.0) -> None:
+    """Wait until the group has read every entry of ``streams`` and has nothing pending."""
     deadline = asyncio.get_running_loop().time() + timeout
-    while any(group_pending(client, s) for s in streams):
+    while any(group_backlog(client, s) != (0, 0) for s in streams):
         if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError({s: group_pending(client, s) for s in streams})
+            raise TimeoutError({s: group_backlog(client, s) for s in streams})
         await asyncio.sleep(0.05)
 
 

@@ -82,6 +82,9 @@ class TestBadValuesFailFast:
         ({"SG_HEALTH_PORT": "70000"}, "TCP port"),
         ({"SG_LOG_LEVEL": "loud"}, "--log-level"),
         ({"SG_REDIS_TLS_CERT_FILE": "/c.pem"}, "go together"),
+        ({"SG_BATCH_SIZE": "64", "SG_MAX_IN_FLIGHT": "32"}, "larger than --max-in-flight"),
+        ({"SG_BATCH_SIZE": "8", "SG_BODY": "raw", "SG_BODY_FIELD": "p"}, "needs --body json"),
+        ({"SG_BATCH_WAIT": "-1s"}, "--batch-wait / SG_BATCH_WAIT"),
     ])
     def test_a_bad_value_is_reported_with_its_option(self, env: dict[str, str], needle: str) -> None:
         with pytest.raises(ConfigError, match=None) as info:

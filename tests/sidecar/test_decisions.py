@@ -14,7 +14,7 @@ from streamgroup_sidecar.config import DeliverySettings, RetrySettings
 from streamgroup_sidecar.encoding import Entry, MissingBodyField, RequestBuilder, fields_to_json, header_value
 from streamgroup_sidecar.ids import InvalidEntryID, id_time, start_position, timestamp_to_id
 from streamgroup_sidecar.ordering import Sequencer
-from streamgroup_sidecar.replies import Action, Attempt, backoff, classify, decide, parse_retry_after
+from streamgroup_sidecar.replies import Action, Attempt, backoff, classify, decide, decide_batch, parse_retry_after
 
 DELIVERY = DeliverySettings()
 RETRY = RetrySettings(initial=0.1, maximum=10.0, multiplier=2.0, jitter=0.0, retry_after_max=60.0)
@@ -204,3 +204,45 @@ class TestSequencer:
         for e in waiting:
             seq.admit(e)
         assert seq.drain() == waiting and seq.waiting == 0
+
+
+class TestBatchReplies:
+    KEYS = [("s/1-0", 1), ("s/2-0", 1), ("s/3-0", 3), ("s/4-0", 1)]
+
+    def reply(self, statuses: object, content_type: str = "application/json") -> Attempt:
+        return Attempt(status=200, body=orjson.dumps({"statuses": statuses}), content_type=content_type)
+
+    def test_each_entry_gets_the_status_the_app_gave_it(self) -> None:
+        three = DeliverySettings(max_deliveries=3)
+        attempt = self.reply([{"entryId": "s/1-0", "status": "SUCCESS"}, {"entryId": "s/2-0", "status": "drop"},
+                              {"entryId": "s/3-0", "status": "RETRY"}])
+        verdicts = decide_batch(attempt, self.KEYS, three, RETRY)
+        assert [(v.action, v.reason) for v in verdicts] == [
+            (Action.ACK, "ok"), (Action.DEAD_LETTER, "dropped"),
+            (Action.DEAD_LETTER, "max-deliveries (retry-requested)"), (Action.RETRY, "missing-status")]
+
+    def test_a_plain_2xx_accepts_the_whole_batch_and_a_failure_fails_it_whole(self) -> None:
+        assert {v.action for v in decide_batch(Attempt(status=204), self.KEYS, DELIVERY, RETRY)} == {Action.ACK}
+        verdicts = decide_batch(Attempt(status=503, retry_after="2"), self.KEYS, DELIVERY, RETRY)
+        assert {(v.action, v.reason, v.delay) for v in verdicts} == {(Action.RETRY, "status-503", 2.0)}
+        dead = decide_batch(Attempt(status=422), self.KEYS, DELIVERY, RETRY)
+        assert {v.action for v in dead} == {Action.DEAD_LETTER}
+
+    def test_unknown_statuses_are_retried_not_dropped(self) -> None:
+        verdicts = decide_batch(self.reply([{"entryId": "s/1-0", "status": "MAYBE"}, {"bogus": 1}]),
+                                self.KEYS[:1], DELIVERY, RETRY)
+        assert [(v.action, v.reason) for v in verdicts] == [(Action.RETRY, "unknown-status")]
+
+    def test_the_batch_body_lists_each_entry_with_its_key_and_fields(self) -> None:
+        builder = RequestBuilder(group="g", consumer="c")
+        entries = [Entry("orders", "1700000000250-0", [(b"k", b"v")], deliveries=2),
+                   Entry("refunds", "1700000000250-0", [(b"b", b"\xff")])]
+        request = builder.build_batch(entries, builder.batch_headers())
+        assert orjson.loads(request.body) == [
+            {"entryId": "orders/1700000000250-0", "stream": "orders", "id": "1700000000250-0", "deliveries": 2,
+             "time": "2023-11-14T22:13:20.250Z", "fields": {"k": "v"}},
+            {"entryId": "refunds/1700000000250-0", "stream": "refunds", "id": "1700000000250-0", "deliveries": 1,
+             "time": "2023-11-14T22:13:20.250Z", "fields": {"b": {"base64": "/w=="}}},
+        ]
+        assert request.headers["Streamgroup-Batch-Size"] == "2"
+        assert request.headers["Streamgroup-Binary"] == "base64"
