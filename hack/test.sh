@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Sets everything up and runs the whole test suite: lint, types, then pytest against real
-# redis-server instances (and, for the operator, a real kube-apiserver + etcd).
+# redis-server instances and, for the operator and the chart, a real kube-apiserver + etcd built
+# from their Go modules by hack/control-plane/build.sh (a few minutes the first time, cached after).
 # Extra arguments go to pytest, e.g. `bash hack/test.sh -k delivering -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash hack/setup.sh
+echo "== control plane binaries (kube-apiserver, etcd, kubectl, helm)"
+bash hack/control-plane/build.sh
 echo "== ruff"
 .venv/bin/ruff check .
 echo "== mypy"
