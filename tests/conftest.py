@@ -9,6 +9,9 @@ import pytest
 from tests.support.apps import RecordingApp
 from tests.support.redis_server import RedisServer
 
+# StreamGroup fixtures (CRD, operator process) for the tests under tests/kube.
+pytest_plugins = ["tests.kube.streamgroups"]
+
 
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:

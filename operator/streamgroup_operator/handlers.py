@@ -109,6 +109,9 @@ def _autoscaling(spec: dict[str, Any]) -> scaling.Autoscaling | None:
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.peering.standalone = True
+    # No watching of CustomResourceDefinitions: the StreamGroup CRD is installed before the
+    # operator, and the operator's RBAC then needs nothing cluster-wide in namespaced mode.
+    settings.scanning.disabled = True
     settings.persistence.finalizer = "streamgroup.io/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="streamgroup.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -139,9 +142,10 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
         state.server = None
 
 
-@kopf.on.create(building.GROUP, building.VERSION, building.PLURAL)
-@kopf.on.update(building.GROUP, building.VERSION, building.PLURAL)
-@kopf.on.resume(building.GROUP, building.VERSION, building.PLURAL)
+# Unexpected errors (an API hiccup) are retried after `backoff` seconds, not kopf's default minute.
+@kopf.on.create(building.GROUP, building.VERSION, building.PLURAL, backoff=5)
+@kopf.on.update(building.GROUP, building.VERSION, building.PLURAL, backoff=5)
+@kopf.on.resume(building.GROUP, building.VERSION, building.PLURAL, backoff=5)
 async def reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status,
                     patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     state = _state(memo)
@@ -281,7 +285,7 @@ def _shares_group(mine: dict[str, Any], other: dict[str, Any]) -> bool:
     )
 
 
-@kopf.on.delete(building.GROUP, building.VERSION, building.PLURAL)
+@kopf.on.delete(building.GROUP, building.VERSION, building.PLURAL, backoff=5)
 async def delete(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
     state = _state(memo)
     namespace, name = meta["namespace"], meta["name"]

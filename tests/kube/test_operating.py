@@ -1,0 +1,361 @@
+"""The operator against a real kube-apiserver and real redis-server processes.
+
+No kubelet runs here: Deployments are stored but no pod starts. Where a test needs what a
+kubelet would do, it does it itself: it reports replicas ready on the Deployment's status,
+creates Pod objects for live replicas, or starts sidecar processes with the env the operator
+wrote into the Deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import subprocess
+import time
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from streamgroup_sidecar.config import parse_settings
+from tests.kube.streamgroups import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    condition,
+    create,
+    deployment,
+    eventually,
+    get_sg,
+    manifest,
+    play_kubelet_ready,
+    replicas,
+    sidecar_env,
+)
+from tests.support.apps import RecordingApp
+from tests.support.kube import ControlPlane
+from tests.support.operator_process import OperatorProcess
+from tests.support.redis_server import RedisServer
+from tests.support.sidecar_process import SidecarProcess
+
+
+class TestReconciliation:
+    def test_a_streamgroup_becomes_a_consumer_group_and_a_deployment_with_the_sidecar(
+        self, apis: Any, namespace: str, operator: OperatorProcess, redis_server: RedisServer
+    ) -> None:
+        redis_server.client().xadd("orders", {"k": "v"})
+        created = create(apis, namespace, manifest("billing", redis_server.url, delivery={"maxInFlight": 7}))
+        body = eventually(lambda: deployment(apis, namespace, "billing"), what="the Deployment")
+        groups = redis_server.client().xinfo_groups("orders")
+        assert [g["name"] for g in groups] == [b"billing"]
+        [owner] = body["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["name"], owner["uid"]) == ("StreamGroup", "billing", created["metadata"]["uid"])
+        containers = {c["name"]: c for c in body["spec"]["template"]["spec"]["containers"]}
+        assert set(containers) == {"app", "streamgroup-sidecar"}
+        settings = parse_settings([], sidecar_env(body, "billing-abc", {}))
+        assert settings.group.streams == ("orders",) and settings.group.group == "billing"
+        assert settings.delivery.max_in_flight == 7
+        assert settings.group.consumer == "billing-abc"
+        sg = eventually(lambda: (s := get_sg(apis, namespace, "billing")).get("status", {}).get(
+            "observedGeneration") == 1 and s, what="observedGeneration")
+        assert condition(sg, "RedisReachable")["status"] == "True"
+        assert condition(sg, "GroupReady")["status"] == "True"
+        assert sg["status"]["selector"] == "streamgroup.io/name=billing"
+
+    def test_editing_the_spec_updates_the_deployment_and_the_observed_generation(
+        self, apis: Any, namespace: str, operator: OperatorProcess, redis_server: RedisServer
+    ) -> None:
+        create(apis, namespace, manifest("billing", redis_server.url))
+        eventually(lambda: deployment(apis, namespace, "billing"), what="the Deployment")
+        apis.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "billing",
+                                                   {"spec": {"delivery": {"maxInFlight": 99, "path": "/in"}}})
+
+        def updated() -> bool:
+            env = sidecar_env(deployment(apis, namespace, "billing"), "p", {})
+            return env["SG_MAX_IN_FLIGHT"] == "99" and env["SG_APP_URL"] == "http://127.0.0.1:8080/in"
+
+        eventually(updated, what="the updated sidecar env")
+        eventually(lambda: get_sg(apis, namespace, "billing")["status"].get("observedGeneration") == 2,
+                   what="generation 2 observed")
+
+    def test_an_existing_group_is_left_where_it_is(
+        self, apis: Any, namespace: str, operator: OperatorProcess, redis_server: RedisServer
+    ) -> None:
+        r = redis_server.client()
+        r.xadd("orders", {"k": "v"}, id="5-0")
+        r.xgroup_create("orders", "billing", id="$")
+        create(apis, namespace, manifest("billing", redis_server.url, startFrom="0"))
+        eventually(lambda: condition(get_sg(apis, namespace, "billing"), "GroupReady")["status"] == "True",
+                   what="GroupReady")
+        assert r.xinfo_groups("orders")[0]["last-delivered-id"] == b"5-0"
+
+    def test_kubectl_scale_sets_replicas_when_autoscaling_is_off(
+        self, apis: Any, control_plane: ControlPlane, namespace: str, operator: OperatorProcess,
+        redis_server: RedisServer,
+    ) -> None:
+        create(apis, namespace, manifest("billing", redis_server.url, replicas=2))
+        eventually(lambda: replicas(apis, namespace, "billing") == 2, what="2 replicas")
+        subprocess.run([*control_plane.kubectl_command(), "-n", namespace, "scale", "streamgroup/billing",
+                        "--replicas=5"], check=True, capture_output=True, timeout=30)
+        eventually(lambda: replicas(apis, namespace, "billing") == 5, what="5 replicas")
+        scale = apis.custom.get_namespaced_custom_object_scale(GROUP, VERSION, namespace, PLURAL, "billing")
+        assert scale["spec"]["replicas"] == 5
+        eventually(lambda: apis.custom.get_namespaced_custom_object_scale(
+            GROUP, VERSION, namespace, PLURAL, "billing")["status"].get("replicas") == 5, what="scale status")
+
+
+class TestValidation:
+    @pytest.mark.parametrize("change, message", [
+        ({"redis": {"url": "redis://user:secret@r:6379/0"}}, "must not contain a password"),
+        ({"redis": {"url": "redis://r:6379/0", "host": "r"}}, "exactly one of redis.url and redis.host"),
+        ({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "must not exceed"),
+        ({"delivery": {"body": "raw"}}, "bodyField is required"),
+        ({"startFrom": "yesterday"}, "startFrom must be"),
+        ({"streams": []}, "should have at least 1 items"),
+        ({"delivery": {"deadLetterStream": "dead"}}, "must contain {stream}"),
+        ({"delivery": {"timeout": "soon"}}, "should match"),
+        ({"deletionPolicy": "Shred"}, "Unsupported value"),
+    ])
+    def test_invalid_specs_are_rejected_by_the_api_server_with_a_clear_message(
+        self, apis: Any, namespace: str, change: dict[str, Any], message: str
+    ) -> None:
+        body = manifest("bad", "redis://r:6379/0")
+        body["spec"].update(change)
+        with pytest.raises(ApiException) as info:
+            create(apis, namespace, body)
+        assert info.value.status == 422
+        assert message in info.value.body
+
+    def test_the_group_cannot_be_renamed(self, apis: Any, namespace: str) -> None:
+        create(apis, namespace, manifest("billing", "redis://r:6379/0"))
+        with pytest.raises(ApiException) as info:
+            apis.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "billing",
+                                                       {"spec": {"group": "other"}})
+        assert "group is immutable" in info.value.body
+
+    def test_defaults_are_filled_in_by_the_api_server(self, apis: Any, namespace: str) -> None:
+        sg = create(apis, namespace, manifest("billing", "redis://r:6379/0", startFrom="$"))
+        assert sg["spec"]["deletionPolicy"] == "Retain"
+        assert sg["spec"]["replicas"] == 1
+
+
+class TestAutoscaling:
+    def test_replicas_follow_lag_up_to_max_and_back_to_min_after_the_window(
+        self, apis: Any, namespace: str, operator: OperatorProcess, redis_server: RedisServer
+    ) -> None:
+        r = redis_server.client()
+        create(apis, namespace, manifest("billing", redis_server.url, autoscaling={
+            "minReplicas": 1, "maxReplicas": 3, "targetLagPerReplica": 10,
+            "scaleUpStabilizationSeconds": 0, "scaleDownStabilizationSeconds": 3}))
+        eventually(lambda: replicas(apis, namespace, "billing") == 1, what="min replicas")
+        pipe = r.pipeline()
+        for n in range(25):
+            pipe.xadd("orders", {"n": str(n)})
+        pipe.execute()
+        eventually(lambda: replicas(apis, namespace, "billing") == 3, what="3 replicas for lag 25")
+        eventually(lambda: (s := get_sg(apis, namespace, "billing")["status"]).get("lag") == 25
+                   and s["desiredReplicas"] == 3, what="lag and decision in status")
+        r.xadd("orders", {"n": "more"})
+        for _ in range(5):  # far above the target: still capped at max
+            r.xadd("orders", {"n": "more"})
+        eventually(lambda: get_sg(apis, namespace, "billing")["status"]["lag"] == 31, what="lag 31")
+        assert replicas(apis, namespace, "billing") == 3
+        # Consume and acknowledge everything, as the replicas would.
+        for _, entries in r.xreadgroup("billing", "worker", {"orders": ">"}):
+            r.xack("orders", "billing", *[entry_id for entry_id, _ in entries])
+        drained = time.monotonic()
+        eventually(lambda: get_sg(apis, namespace, "billing")["status"]["lag"] == 0, what="lag 0")
+        eventually(lambda: replicas(apis, namespace, "billing") == 1, timeout=20, what="back to min")
+        assert time.monotonic() - drained >= 2.5, "the scale-down waited for its stabilization window"
+
+    def test_a_group_scaled_to_zero_wakes_up_on_the_first_entry(
+        self, apis: Any, namespace: str, operator: OperatorProcess, redis_server: RedisServer
+    ) -> None:
+        create(apis, namespace, manifest("billing", redis_server.url, autoscaling={
+            "minReplicas": 0, "maxReplicas": 4, "targetLagPerReplica": 100, "scaleDownStabilizationSeconds": 0}))
+        eventually(lambda: deployment(apis, namespace, "billing"), what="the Deployment")
+        eventually(lambda: condition(get_sg(apis, namespace, "billing"), "DeploymentReady")["reason"]
+                   == "ScaledToZero", what="scaled to zero")
+        assert replicas(apis, namespace, "billing") == 0
+        redis_server.client().xadd("orders", {"first": "1"})
+        eventually(lambda: replicas(apis, namespace, "billing") == 1, what="activation")
+
+    def test_unknown_lag_falls_back_to_a_bounded_count(
+        self, apis: Any, namespace: str, operator: OperatorProcess, redis_server: RedisServer
+    ) -> None:
+        r = redis_server.client()
+        ids = [r.xadd("orders", {"n": str(n)}) for n in range(30)]
+        r.xgroup_create("orders", "billing", id="0")
+        r.xdel("orders", ids[3])  # Redis cannot compute lag after a deletion inside the range
+        assert r.xinfo_groups("orders")[0]["lag"] is None
+        create(apis, namespace, manifest("billing", redis_server.url, autoscaling={
+            "minReplicas": 1, "maxReplicas": 5, "targetLagPerReplica": 10}))
+        eventually(lambda: get_sg(apis, namespace, "billing")["status"].get("lag") == 29, what="counted lag")
+        eventually(lambda: replicas(apis, namespace, "billing") == 3, what="scaled on the counted lag")
+
+
+class TestDeletion:
+    def test_retain_keeps_the_group_and_delete_destroys_it_unless_shared(
+        self, apis: Any, namespace: str, operator: OperatorProcess, redis_server: RedisServer
+    ) -> None:
+        r = redis_server.client()
+        create(apis, namespace, manifest("kept", redis_server.url, streams=["a"], group="g1"))
+        create(apis, namespace, manifest("gone", redis_server.url, streams=["b"], group="g2",
+                                         deletionPolicy="Delete"))
+        create(apis, namespace, manifest("shared-1", redis_server.url, streams=["c"], group="g3",
+                                         deletionPolicy="Delete"))
+        create(apis, namespace, manifest("shared-2", redis_server.url, streams=["c"], group="g3"))
+        for stream in "abc":
+            eventually(lambda s=stream: r.exists(s) and r.xinfo_groups(s), what=f"group on {stream}")
+        for name in ("kept", "gone", "shared-1"):
+            apis.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+        def deleted(name: str) -> bool:
+            try:
+                get_sg(apis, namespace, name)
+            except ApiException as exc:
+                return exc.status == 404
+            return False
+
+        for name in ("kept", "gone", "shared-1"):
+            eventually(lambda n=name: deleted(n), what=f"{name} deleted (finalizer released)")
+        assert [g["name"] for g in r.xinfo_groups("a")] == [b"g1"]
+        assert r.xinfo_groups("b") == []
+        assert [g["name"] for g in r.xinfo_groups("c")] == [b"g3"], "another StreamGroup still uses it"
+
+
+class TestRedisFaults:
+    def test_redis_down_is_reported_and_recovery_brings_ready_back(
+        self, apis: Any, namespace: str, operator: OperatorProcess
+    ) -> None:
+        server = RedisServer(appendonly=True, password="s3cr3t-pw").start()
+        try:
+            apis.core.create_namespaced_secret(namespace, client.V1Secret(
+                metadata=client.V1ObjectMeta(name="redis-auth"),
+                data={"password": base64.b64encode(b"s3cr3t-pw").decode()}))
+            url = f"redis://127.0.0.1:{server.port}/0"
+            create(apis, namespace, manifest("billing", url, redis={"url": url,
+                                                                    "passwordSecretRef": {"name": "redis-auth"}}))
+            eventually(lambda: deployment(apis, namespace, "billing"), what="the Deployment")
+            play_kubelet_ready(apis, namespace, "billing")
+            eventually(lambda: condition(get_sg(apis, namespace, "billing"), "Ready")["status"] == "True",
+                       what="Ready")
+            server.stop()
+            sg = eventually(lambda: (s := get_sg(apis, namespace, "billing")) and
+                            condition(s, "RedisReachable")["status"] == "False" and s, what="RedisReachable False")
+            assert condition(sg, "RedisReachable")["reason"] == "Unreachable"
+            assert condition(sg, "Ready")["status"] == "False"
+            assert "s3cr3t-pw" not in str(sg)
+            server.start()
+            eventually(lambda: condition(get_sg(apis, namespace, "billing"), "Ready")["status"] == "True",
+                       what="Ready again")
+        finally:
+            server.cleanup()
+
+    def test_a_wrong_password_is_reported_without_revealing_it(
+        self, apis: Any, namespace: str, operator: OperatorProcess
+    ) -> None:
+        server = RedisServer(password="right-one").start()
+        try:
+            apis.core.create_namespaced_secret(namespace, client.V1Secret(
+                metadata=client.V1ObjectMeta(name="redis-auth"),
+                data={"password": base64.b64encode(b"wrong-one").decode()}))
+            url = f"redis://127.0.0.1:{server.port}/0"
+            create(apis, namespace, manifest("billing", url, redis={"url": url,
+                                                                    "passwordSecretRef": {"name": "redis-auth"}}))
+            sg = eventually(lambda: (s := get_sg(apis, namespace, "billing")).get("status", {}).get("conditions")
+                            and condition(s, "RedisReachable")["status"] == "False" and s, what="auth failure")
+            assert condition(sg, "RedisReachable")["reason"] == "AuthenticationFailed"
+            assert "wrong-one" not in str(sg) and "right-one" not in str(sg)
+            events = apis.core.list_namespaced_event(namespace)
+            assert all("wrong-one" not in (e.message or "") for e in events.items)
+            assert "wrong-one" not in operator.logs()
+        finally:
+            server.cleanup()
+
+
+class TestConsumerHygiene:
+    def test_consumers_of_no_live_replica_are_removed_after_their_entries_are_handed_over(
+        self, apis: Any, namespace: str, operator: OperatorProcess, redis_server: RedisServer
+    ) -> None:
+        r = redis_server.client()
+        for n in range(5):
+            r.xadd("orders", {"n": str(n)})
+        r.xgroup_create("orders", "billing", id="0")
+        r.xreadgroup("billing", "billing-old-pod", {"orders": ">"}, count=3)   # crashed with 3 in hand
+        r.xreadgroup("billing", "billing-live-pod", {"orders": ">"}, count=2)  # alive
+        create(apis, namespace, manifest("billing", redis_server.url))
+        eventually(lambda: deployment(apis, namespace, "billing"), what="the Deployment")
+        apis.core.create_namespaced_pod(namespace, client.V1Pod(
+            metadata=client.V1ObjectMeta(name="billing-live-pod", labels={"streamgroup.io/name": "billing"}),
+            spec=client.V1PodSpec(containers=[client.V1Container(name="app", image="billing:1")])))
+        time.sleep(1.2)  # the old consumer is idle beyond the limit (1s in this test)
+
+        def cleaned() -> bool:
+            return [c["name"] for c in r.xinfo_consumers("orders", "billing")] == [b"billing-live-pod"]
+
+        eventually(cleaned, what="the dead consumer removed")
+        summary = r.xpending("orders", "billing")
+        assert summary["pending"] == 5, "no pending entry was lost"
+        assert {c["name"]: c["pending"] for c in summary["consumers"]} == {b"billing-live-pod": 5}
+
+
+class TestOperatorMetrics:
+    def test_metrics_report_each_group_and_pass_promtool(
+        self, apis: Any, namespace: str, operator: OperatorProcess, redis_server: RedisServer
+    ) -> None:
+        r = redis_server.client()
+        create(apis, namespace, manifest("billing", redis_server.url))
+        eventually(lambda: get_sg(apis, namespace, "billing").get("status", {}).get("lag") == 0, what="status")
+        for n in range(4):
+            r.xadd("orders", {"n": str(n)})
+        labels = f'group="billing",name="billing",namespace="{namespace}",stream="orders"'
+        text = eventually(lambda: (t := operator.get("/metrics")[1]) and f"streamgroup_lag{{{labels}}} 4.0" in t and t,
+                          what="lag in metrics")
+        assert f"streamgroup_pending{{{labels}}} 0.0" in text
+        assert f"streamgroup_dead_letter_length{{{labels}}} 0.0" in text
+        assert 'streamgroup_operator_reconciles_total{kind="resync",result="ok"}' in text
+        lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+        assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+class TestEndToEnd:
+    async def test_sidecars_started_from_the_deployment_deliver_and_status_shows_lag_falling_to_zero(
+        self, apis: Any, namespace: str, operator: OperatorProcess, redis_server: RedisServer
+    ) -> None:
+        app = await RecordingApp().start()
+        sidecars: list[SidecarProcess] = []
+        try:
+            r = redis_server.client()
+            for n in range(300):
+                r.xadd("orders", {"n": str(n)})
+            create(apis, namespace, manifest("billing", redis_server.url, replicas=2,
+                                             delivery={"port": app.port, "path": "/events"}))
+            body = await asyncio.to_thread(eventually, lambda: deployment(apis, namespace, "billing"))
+            await asyncio.to_thread(eventually, lambda: get_sg(apis, namespace, "billing")["status"].get("lag") == 300,
+                                    what="lag 300 before any replica runs")
+            # Play the kubelet: one sidecar per replica, with the env the operator wrote.
+            for index in range(body["spec"]["replicas"]):
+                pod = f"billing-{index}"
+                apis.core.create_namespaced_pod(namespace, client.V1Pod(
+                    metadata=client.V1ObjectMeta(name=pod, labels={"streamgroup.io/name": "billing"}),
+                    spec=client.V1PodSpec(containers=[client.V1Container(name="app", image="billing:1")])))
+                env = sidecar_env(body, pod, {})
+                env.update({"SG_HEALTH_HOST": "127.0.0.1"})
+                process = SidecarProcess(env)
+                process.env["SG_HEALTH_PORT"] = str(process.health_port)
+                sidecars.append(process.start())
+            await app.wait_until(lambda: len({r.id for r in app.succeeded()}) >= 300, timeout=60)
+            status = await asyncio.to_thread(
+                eventually, lambda: (s := get_sg(apis, namespace, "billing")["status"]).get("lag") == 0
+                and s.get("pending") == 0 and s, what="lag and pending 0")
+            assert status["consumers"] == 2
+            assert {r.headers["streamgroup-consumer"] for r in app.received} <= {"billing-0", "billing-1"}
+        finally:
+            for process in sidecars:
+                process.terminate()
+            for process in sidecars:
+                process.wait(30)
+                process.cleanup()
+            await app.stop()

@@ -1,0 +1,73 @@
+"""The operator as a separate process (``python -m streamgroup_operator``), watching given namespaces."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from .ports import free_port
+
+
+class OperatorProcess:
+    def __init__(self, kubeconfig: Path, namespaces: Sequence[str], **env: str) -> None:
+        self.port = free_port()
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/tmp"),
+            "KUBECONFIG": str(kubeconfig),
+            "SG_OPERATOR_NAMESPACES": ",".join(namespaces),
+            "SG_OPERATOR_HOST": "127.0.0.1",
+            "SG_OPERATOR_PORT": str(self.port),
+            "SG_OPERATOR_RESYNC_INTERVAL": "0.5",
+            "SG_OPERATOR_SIDECAR_IMAGE": "streamgroup/streamgroup:test",
+            **env,
+        }
+        self.log = Path(tempfile.mkstemp(prefix="sg-operator-", suffix=".log")[1])
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> OperatorProcess:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "streamgroup_operator"], env=self.env,
+                                            stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not self.healthy():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"operator exited with {self.process.returncode}:\n{self.logs()[-4000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"operator not healthy after {timeout}s:\n{self.logs()[-4000:]}")
+            time.sleep(0.1)
+        return self
+
+    def get(self, path: str) -> tuple[int, str]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as reply:
+            return int(reply.status), reply.read().decode()
+
+    def healthy(self) -> bool:
+        try:
+            return self.get("/healthz")[0] == 200
+        except OSError:
+            return False
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        code = self.process.returncode
+        self.log.unlink(missing_ok=True)
+        return code
