@@ -115,6 +115,8 @@ def sidecar_env(spec: Body, health_port: int) -> list[Body]:
     if tls.get("clientCertSecretRef"):
         env.append({"name": "SG_REDIS_TLS_CERT_FILE", "value": f"{TLS_DIR}/client/tls.crt"})
         env.append({"name": "SG_REDIS_TLS_KEY_FILE", "value": f"{TLS_DIR}/client/tls.key"})
+    if tls.get("serverName"):
+        env.append({"name": "SG_REDIS_TLS_SERVER_NAME", "value": tls["serverName"]})
     return env
 
 

@@ -33,6 +33,7 @@ class Connection:
     ca_pem: bytes | None = field(default=None, repr=False)
     client_cert_pem: bytes | None = field(default=None, repr=False)
     client_key_pem: bytes | None = field(default=None, repr=False)
+    server_name: str | None = None
 
 
 def connect(conn: Connection) -> aioredis.Redis:
@@ -53,8 +54,7 @@ def connect(conn: Connection) -> aioredis.Redis:
             (folder / "tls.key").chmod(0o600)
             kwargs["ssl_certfile"] = str(folder / "tls.crt")
             kwargs["ssl_keyfile"] = str(folder / "tls.key")
-    client: aioredis.Redis = aioredis.Redis.from_url(conn.url, **kwargs)
-    return client
+    return consuming.client_from_url(conn.url, conn.server_name, **kwargs)
 
 
 @dataclass(frozen=True)

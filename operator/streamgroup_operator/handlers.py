@@ -84,7 +84,8 @@ async def resolve_connection(namespace: str, redis: dict[str, Any]) -> grouping.
         cert = await applying.read_secret_value(namespace, ref["name"], "tls.crt")
         key = await applying.read_secret_value(namespace, ref["name"], "tls.key")
     return grouping.Connection(url=building.redis_url(redis), username=redis.get("username"), password=password,
-                               ca_pem=ca, client_cert_pem=cert, client_key_pem=key)
+                               ca_pem=ca, client_cert_pem=cert, client_key_pem=key,
+                               server_name=tls.get("serverName"))
 
 
 def redis_condition(exc: BaseException) -> Condition:

@@ -216,6 +216,8 @@ class RedisSettings:
     """Client certificate for mutual TLS."""
     tls_key_file: str | None = None
     """Key of the client certificate."""
+    tls_server_name: str | None = None
+    """Name to verify the server certificate against (and send as SNI) when it differs from the host."""
 
 
 @dataclass(frozen=True)
@@ -379,6 +381,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("redis-tls-cert-file", "redis.tls_cert_file", _non_empty, None,
            "Client certificate (PEM) for mutual TLS."),
     Option("redis-tls-key-file", "redis.tls_key_file", _non_empty, None, "Key of the client certificate."),
+    Option("redis-tls-server-name", "redis.tls_server_name", _non_empty, None,
+           "Name the server certificate must carry (and the SNI sent), when it is not the URL's host."),
     Option("streams", "group.streams", _stream_list, None,
            "Stream keys to read, comma-separated.", required=True),
     Option("group", "group.group", _non_empty, None, "Consumer group name.", required=True),
@@ -506,6 +510,9 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
     redis = sections.get("redis", {})
     if (redis.get("tls_cert_file") is None) != (redis.get("tls_key_file") is None):
         raise ConfigError("--redis-tls-cert-file and --redis-tls-key-file go together")
+    tls_options = ("tls_ca_file", "tls_cert_file", "tls_server_name")
+    if any(redis.get(o) for o in tls_options) and not str(redis.get("url", "")).startswith("rediss://"):
+        raise ConfigError("--redis-tls-* options need a rediss:// --redis-url / SG_REDIS_URL")
 
     return Settings(
         redis=RedisSettings(**sections.get("redis", {})),

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import ssl
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import SSLConnection, parse_url
 from redis.exceptions import ResponseError
 
 from .config import RedisSettings
@@ -61,6 +63,33 @@ def _raw(response: Any, **_: Any) -> Any:
     return response
 
 
+class ServerNameSSLConnection(SSLConnection):
+    """A TLS connection that verifies (and sends as SNI) a given name instead of the host's.
+
+    For a Redis reached by an address (an IP, a node-local proxy) whose certificate names a
+    service. redis-py has no option for it; its ``_connection_arguments`` hook is the seam.
+    """
+
+    def __init__(self, *, ssl_server_name: str, **kwargs: Any) -> None:
+        self.ssl_server_name = ssl_server_name
+        super().__init__(**kwargs)
+
+    def _connection_arguments(self) -> Mapping[str, Any]:
+        return {**super()._connection_arguments(), "server_hostname": self.ssl_server_name}
+
+
+def client_from_url(url: str, server_name: str | None = None, **kwargs: Any) -> aioredis.Redis:
+    """``Redis.from_url``, plus an optional TLS server name."""
+    if not server_name:
+        client: aioredis.Redis = aioredis.Redis.from_url(url, **kwargs)
+        return client
+    options: dict[str, Any] = dict(parse_url(url))
+    options.update(kwargs)
+    options["connection_class"] = ServerNameSSLConnection
+    options["ssl_server_name"] = server_name
+    return aioredis.Redis(connection_pool=aioredis.ConnectionPool(**options))
+
+
 def connect(settings: RedisSettings, socket_timeout: float) -> aioredis.Redis:
     """A client for ``settings``; secrets stay inside the client, never in its repr or logs."""
     kwargs: dict[str, Any] = {
@@ -81,7 +110,7 @@ def connect(settings: RedisSettings, socket_timeout: float) -> aioredis.Redis:
         if settings.tls_cert_file:
             kwargs["ssl_certfile"] = settings.tls_cert_file
             kwargs["ssl_keyfile"] = settings.tls_key_file
-    client: aioredis.Redis = aioredis.Redis.from_url(settings.url, **kwargs)
+    client = client_from_url(settings.url, settings.tls_server_name, **kwargs)
     client.set_response_callback("XREADGROUP", _raw)
     client.set_response_callback("XAUTOCLAIM", _raw)
     return client

@@ -104,7 +104,8 @@ class TestTheSidecarContract:
     def test_tls_material_is_mounted_from_secrets_and_pointed_to(self) -> None:
         sg = streamgroup(redis={"host": "redis", "port": 6380, "db": 1,
                                 "tls": {"enabled": True, "caSecretRef": {"name": "redis-ca", "key": "bundle.pem"},
-                                        "clientCertSecretRef": {"name": "redis-client"}}})
+                                        "clientCertSecretRef": {"name": "redis-client"},
+                                        "serverName": "redis.data.svc"}})
         deployment = build_deployment(sg, 1, DEFAULTS)
         sidecar = sidecar_of(deployment)
         env = {e["name"]: e.get("value") for e in sidecar["env"]}
@@ -116,6 +117,9 @@ class TestTheSidecarContract:
         assert all(m["readOnly"] for m in sidecar["volumeMounts"])
         settings = parse_settings([], as_kubelet_would(sidecar["env"], "p", {}))
         assert settings.redis.tls_ca_file == "/etc/streamgroup/tls/ca/bundle.pem"
+        assert settings.redis.tls_server_name == "redis.data.svc"
+        assert (settings.redis.tls_cert_file, settings.redis.tls_key_file) == (
+            "/etc/streamgroup/tls/client/tls.crt", "/etc/streamgroup/tls/client/tls.key")
 
 
 class TestTheDeployment:
