@@ -65,3 +65,24 @@ class TestStatus:
         redis_server.client().xgroup_create("orders", "a", id="$", mkstream=True)
         assert run(redis_server, "status", "orders", "--group", "zzz")[0] == 1
         assert "has no group 'zzz'" in capsys.readouterr().err
+
+
+class TestCommandLine:
+    def test_a_usage_mistake_is_one_line_with_status_1(
+        self, redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert run(redis_server, "replay", "orders")[0] == 1
+        err = capsys.readouterr().err
+        assert err == "streamgroup: the following arguments are required: --from (see streamgroup replay --help)\n"
+
+    def test_status_without_streams_or_a_streamgroup_asks_for_one(
+        self, redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert run(redis_server, "status")[0] == 1
+        assert "name at least one stream, or use --streamgroup" in capsys.readouterr().err
+
+    def test_target_options_also_work_after_the_subcommand(self, redis_server: RedisServer) -> None:
+        redis_server.client().xgroup_create("orders", "a", id="$", mkstream=True)
+        out = io.StringIO()
+        assert main(["status", "orders", "--redis-url", redis_server.url, "-o", "json"], stdout=out) == 0
+        assert orjson.loads(out.getvalue())[0]["group"] == "a"
