@@ -3,6 +3,7 @@
 # - charts/streamgroup/crds/ from crds/ (the chart ships the same CRD as `kubectl apply -f crds/`)
 # - deploy/prometheus/alerts.yaml from charts/streamgroup/files/alerts.yaml with default values
 # - the sidecar's option table in README.md from streamgroup_sidecar.config
+# - docs/reference.md from the CRD and the chart's values.yaml
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin_dir=${STREAMGROUP_BIN_DIR:-$HOME/.cache/streamgroup/bin}
@@ -20,4 +21,5 @@ cp crds/streamgroup.io_streamgroups.yaml charts/streamgroup/crds/
 } > deploy/prometheus/alerts.yaml
 
 bash hack/update-readme.sh
+.venv/bin/python hack/docs.py
 echo "generate: done"

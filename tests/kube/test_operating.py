@@ -12,6 +12,7 @@ import asyncio
 import base64
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,6 +39,8 @@ from tests.support.kube import ControlPlane
 from tests.support.operator_process import OperatorProcess
 from tests.support.redis_server import RedisServer
 from tests.support.sidecar_process import SidecarProcess
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 class TestReconciliation:
@@ -359,3 +362,14 @@ class TestEndToEnd:
                 process.wait(30)
                 process.cleanup()
             await app.stop()
+
+
+class TestSamples:
+    def test_the_sample_streamgroup_is_accepted_by_the_api_server(
+        self, control_plane: ControlPlane, namespace: str, streamgroup_crd: None
+    ) -> None:
+        result = subprocess.run([*control_plane.kubectl_command(), "apply", "-n", namespace, "--dry-run=server",
+                                 "-f", str(REPO / "crds/samples/streamgroup.yaml")],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert "streamgroup.streamgroup.io/billing created (server dry run)" in result.stdout

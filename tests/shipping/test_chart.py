@@ -140,3 +140,14 @@ class TestValuesDocumentation:
                 parents.append((indent, documented))
             documented = False
         assert undocumented == []
+
+
+class TestReferenceDocs:
+    def test_the_reference_is_generated_from_the_crd_and_the_values(self) -> None:
+        import sys
+
+        result = subprocess.run([sys.executable, "hack/docs.py", "--check"], capture_output=True, text=True,
+                                cwd=REPO, timeout=60)
+        assert result.returncode == 0, result.stderr
+        reference = (REPO / "docs/reference.md").read_text()
+        assert "`spec.autoscaling.minReplicas`" in reference and "`operator.watchNamespaces`" in reference
