@@ -27,6 +27,7 @@ import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 import orjson
 
@@ -60,13 +61,18 @@ class Verdict:
     """Seconds the app asked us to wait (``Retry-After``); ``None`` means use back-off."""
 
 
-def _app_status(attempt: Attempt) -> str | None:
+def _json_reply(attempt: Attempt) -> Any:
+    """The reply's JSON document, or ``None`` if it has no JSON content type or does not parse."""
     if not attempt.body or "json" not in attempt.content_type.lower():
         return None
     try:
-        reply = orjson.loads(attempt.body)
+        return orjson.loads(attempt.body)
     except orjson.JSONDecodeError:
         return None
+
+
+def _app_status(attempt: Attempt) -> str | None:
+    reply = _json_reply(attempt)
     if isinstance(reply, dict):
         status = reply.get("status")
         if isinstance(status, str):
@@ -139,12 +145,7 @@ _BATCH_STATUS = {
 
 
 def _batch_statuses(attempt: Attempt) -> dict[str, str] | None:
-    if not attempt.body or "json" not in attempt.content_type.lower():
-        return None
-    try:
-        reply = orjson.loads(attempt.body)
-    except orjson.JSONDecodeError:
-        return None
+    reply = _json_reply(attempt)
     if not isinstance(reply, dict) or not isinstance(reply.get("statuses"), list):
         return None
     statuses = {}
