@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.util
 import logging
 import signal
 import sys
@@ -21,6 +23,10 @@ async def _run(sidecar: Sidecar) -> None:
     await sidecar.run(stop)
 
 
+def _has_uvloop() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = parse_settings(sys.argv[1:] if argv is None else argv)
@@ -29,7 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logs.setup(settings.log_level)
     try:
-        asyncio.run(_run(Sidecar(settings)))
+        # uvloop when available: the event loop is part of the hot path (docs/performance.md).
+        runner = getattr(importlib.import_module("uvloop"), "run", asyncio.run) if _has_uvloop() else asyncio.run
+        runner(_run(Sidecar(settings)))
     except GroupLost as exc:
         logging.getLogger("streamgroup.sidecar").error(f"exiting: {exc} (--on-group-loss exit)")
         return 3

@@ -2,8 +2,8 @@
 
 Successful deliveries hand their IDs to :class:`Acker`. One flusher task sends
 everything collected so far in one pipeline; while that round trip is on the wire,
-new IDs gather for the next one ("group commit"). Under light load each ack goes
-out at once; under heavy load batches grow by themselves. If Redis is down the IDs
+new IDs gather for the next one ("group commit"). A small batch waits a millisecond
+for company first, so under load batches grow instead of one round trip per entry. If Redis is down the IDs
 stay in memory (few: nothing new is read while Redis is down, so at most the entries
 that were in flight) and are sent when it comes back; an entry whose ack is lost
 stays pending and is delivered again, never dropped.
@@ -20,8 +20,14 @@ AckSender = Callable[[dict[str, list[str]]], Awaitable[None]]
 
 class Acker:
     def __init__(self, send: AckSender, on_error: Callable[[BaseException], None],
-                 on_batch: Callable[[], None], retry_delay: float = 0.5) -> None:
-        """``on_error`` reports (and logs) a failed batch; ``on_batch`` counts a sent one."""
+                 on_batch: Callable[[], None], retry_delay: float = 0.5, linger: float = 0.001,
+                 linger_below: int = 64) -> None:
+        """``on_error`` reports (and logs) a failed batch; ``on_batch`` counts a sent one.
+
+        A batch smaller than ``linger_below`` waits ``linger`` seconds for company before it goes.
+        """
+        self._linger = linger
+        self._linger_below = linger_below
         self._send = send
         self._on_error = on_error
         self._on_batch = on_batch
@@ -46,6 +52,10 @@ class Acker:
         """Flush for ever; cancel to stop (call :meth:`flush` first to send what is left)."""
         while True:
             await self._wakeup.wait()
+            if self._count < self._linger_below:
+                # A millisecond's wait lets deliveries finishing meanwhile join this round trip: the
+                # HTTP client completes requests one loop turn at a time. Acks only, never deliveries.
+                await asyncio.sleep(self._linger)
             self._wakeup.clear()
             await self._flush_once_or_wait()
 

@@ -11,7 +11,8 @@ rather than exported as a made-up number.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -57,6 +58,16 @@ class GroupCollector(Collector):
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return []
+
+
+@dataclass
+class StreamChildren:
+    """The labelled metrics one stream touches per entry, looked up once (``labels()`` is not free)."""
+
+    acked: Any
+    latency: Any
+    end_to_end: Any
+    attempts: dict[str, Any] = field(default_factory=dict)
 
 
 class Metrics:
@@ -114,3 +125,19 @@ class Metrics:
             registry=registry)
         self.groups = GroupCollector()
         registry.register(self.groups)
+        self._streams: dict[str, StreamChildren] = {}
+
+    def stream(self, stream: str) -> StreamChildren:
+        children = self._streams.get(stream)
+        if children is None:
+            children = self._streams[stream] = StreamChildren(
+                acked=self.entries.labels(stream, "acked"), latency=self.latency.labels(stream),
+                end_to_end=self.end_to_end.labels(stream))
+        return children
+
+    def attempt(self, stream: str, result: str) -> None:
+        attempts = self.stream(stream).attempts
+        child = attempts.get(result)
+        if child is None:
+            child = attempts[result] = self.attempts.labels(stream, result)
+        child.inc()

@@ -43,9 +43,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import consuming
 from .acking import Acker
 from .config import RetrySettings, Settings, redacted_url
-from .delivering import Deliverer
-from .encoding import Entry, MissingBodyField, RequestBuilder
-from .ids import id_time
+from .delivering import make_deliverer
+from .encoding import Entry, MissingBodyField, RequestBuilder, entry_ms
 from .logs import Incident
 from .metrics import GroupSnapshot, Metrics
 from .ordering import Sequencer
@@ -81,7 +80,8 @@ class Sidecar:
         )
         self._static = {s: self._builder.static_headers(s) for s in group.streams}
         self._batch_headers = self._builder.batch_headers()
-        self._deliverer = Deliverer(delivery.app_url, delivery.request_timeout, delivery.max_in_flight)
+        self._deliverer = make_deliverer(delivery.http_client, delivery.app_url, delivery.request_timeout,
+                                         delivery.max_in_flight)
         self._acker = Acker(self._send_acks, self._on_ack_error, self.metrics.acks.inc)
         self._sequencer = Sequencer(delivery.ordering_field)
         self._queue: asyncio.Queue[Entry | None] = asyncio.Queue()
@@ -585,9 +585,9 @@ class Sidecar:
                                     self.settings.delivery, self.settings.retry)
         else:
             verdicts = [decide(attempt, first.deliveries, self.settings.delivery, self.settings.retry)]
+        self.metrics.stream(first.stream).latency.observe(elapsed)  # one observation per request
         for entry, verdict in zip(ready, verdicts, strict=True):
-            self.metrics.latency.labels(entry.stream).observe(elapsed)
-            self.metrics.attempts.labels(entry.stream, result).inc()
+            self.metrics.attempt(entry.stream, result)
             await self._settle(entry, verdict, attempt, result)
 
     async def _settle(self, entry: Entry, verdict: Verdict, attempt: Attempt, result: str) -> None:
@@ -595,8 +595,9 @@ class Sidecar:
         if verdict.action is Action.ACK:
             # Even if a peer took it over meanwhile: acking spares it a duplicate delivery.
             self._acker.ack(stream, entry.id)
-            self.metrics.entries.labels(stream, "acked").inc()
-            self.metrics.end_to_end.labels(stream).observe(max(0.0, time.time() - id_time(entry.id).timestamp()))
+            children = self.metrics.stream(stream)
+            children.acked.inc()
+            children.end_to_end.observe(max(0.0, time.time() - entry_ms(entry.id) / 1000))
             self._done(entry)
             return
         if verdict.action is Action.DEAD_LETTER:
