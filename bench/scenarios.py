@@ -160,6 +160,9 @@ def latency(redis: RedisServer, sink: Sink, rate: float, seconds: float, warmup:
             "p999_ms": percentile(lat_ms, 99.9), "max_ms": max(lat_ms) if lat_ms else float("nan"),
             "rss_mb": statistics.median(rss) if rss else sidecar.proc.rss_mb(),
             "rss_max_mb": max(rss) if rss else sidecar.proc.rss_mb(),
+            # Leak check for long runs (--duration 300): the first and the last ten samples.
+            "rss_first_mb": statistics.median(rss[:10]) if rss else float("nan"),
+            "rss_last_mb": statistics.median(rss[-10:]) if rss else float("nan"),
             "sidecar_cpu": cpu / produced, "sink_cpu": sink_cpu / produced, "redis_cpu": redis_cpu / produced,
         }
     finally:
