@@ -83,7 +83,7 @@ async def open_client(name: str, url: str, concurrency: int, request: Request) -
 
         async def post_httpx() -> int:
             reply = await hx.post(url, content=body, headers=headers)
-            return reply.status_code
+            return int(reply.status_code)
         return post_httpx, hx.aclose
     raise ValueError(name)
 
