@@ -22,11 +22,13 @@ import ssl
 import tempfile
 import urllib.parse
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import redis
+
+from streamgroup_operator.grouping import Connection  # the operator resolves a StreamGroup the same way
 
 from . import CLIError
 from .reading import prepare
@@ -36,18 +38,6 @@ DEFAULT_DEAD_LETTER_STREAM = "{stream}:dead"
 API_GROUP, API_VERSION, PLURAL = "streamgroup.io", "v1alpha1", "streamgroups"
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z]+://[^/@:\s]*):[^/@\s]*@", re.IGNORECASE)
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-
-
-@dataclass(frozen=True)
-class Connection:
-    """How to reach Redis. Secret values are excluded from ``repr``."""
-
-    url: str
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    ca_pem: bytes | None = field(default=None, repr=False)
-    client_cert_pem: bytes | None = field(default=None, repr=False)
-    client_key_pem: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
