@@ -349,11 +349,13 @@ class TestEndToEnd:
                 process = SidecarProcess(env)
                 process.env["SG_HEALTH_PORT"] = str(process.health_port)
                 sidecars.append(process.start())
+            for process in sidecars:
+                await asyncio.to_thread(process.wait_ready)
             await app.wait_until(lambda: len({r.id for r in app.succeeded()}) >= 300, timeout=60)
-            status = await asyncio.to_thread(
+            # Both replicas joined the group (a consumer exists from its first read, even if idle).
+            await asyncio.to_thread(
                 eventually, lambda: (s := get_sg(apis, namespace, "billing")["status"]).get("lag") == 0
-                and s.get("pending") == 0 and s, what="lag and pending 0")
-            assert status["consumers"] == 2
+                and s.get("pending") == 0 and s.get("consumers") == 2, what="lag and pending 0, 2 consumers")
             assert {r.headers["streamgroup-consumer"] for r in app.received} <= {"billing-0", "billing-1"}
         finally:
             for process in sidecars:
