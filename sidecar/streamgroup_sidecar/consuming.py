@@ -14,7 +14,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import SSLConnection, parse_url
-from redis.exceptions import ResponseError
+from redis.exceptions import ReadOnlyError, ResponseError
 
 from .config import RedisSettings
 from .encoding import Entry, Fields
@@ -133,6 +133,16 @@ async def ensure_group(client: aioredis.Redis, stream: str, group: str, start: s
 
 def is_nogroup(exc: BaseException) -> bool:
     return isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP")
+
+
+def is_failover(exc: BaseException) -> bool:
+    """The server became a replica (a failover): writes are refused, blocked reads are cut short."""
+    # redis-py maps the READONLY error code to ReadOnlyError and strips the code from the message;
+    # a script that writes on a replica reports it inside a generic error; a blocking XREADGROUP
+    # is ended with UNBLOCKED when the server turns into a replica.
+    if isinstance(exc, ReadOnlyError):
+        return True
+    return isinstance(exc, ResponseError) and ("READONLY" in str(exc) or str(exc).startswith("UNBLOCKED"))
 
 
 def _entries(stream: str, raw_entries: Any) -> list[Entry]:

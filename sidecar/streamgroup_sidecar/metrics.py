@@ -117,6 +117,10 @@ class Metrics:
         self.group_recreated = Counter(
             "streamgroup_sidecar_group_recreated",
             "Times the consumer group was found deleted and created again.", registry=registry)
+        self.reconnects = Counter(
+            "streamgroup_sidecar_redis_reconnects",
+            "Times every Redis connection was dropped because a replica answered (READONLY: failover).",
+            registry=registry)
         self.acks = Counter(
             "streamgroup_sidecar_ack_batches", "XACK round trips (each acknowledges a batch of entries).",
             registry=registry)

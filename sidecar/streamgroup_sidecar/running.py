@@ -101,6 +101,8 @@ class Sidecar:
             settings.server.host, settings.server.port,
         )
         self._rng = random.Random()
+        self._dropped_at = 0.0
+        self._drop_task: asyncio.Future[None] | None = None
         self._min_idle_ms = int(settings.claim.min_idle * 1000)
         self.redis_ok = False
         self.groups_ok = False
@@ -232,11 +234,24 @@ class Sidecar:
 
     def _redis_failed(self, operation: str, incident: Incident, exc: BaseException) -> None:
         self.metrics.redis_errors.labels(operation).inc()
-        if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+        if consuming.is_failover(exc):
+            # A replica answers at this address now (a failover moved the primary): drop every
+            # connection, so that the next ones resolve the name again and reach the new primary.
+            self._drop_connections()
+        if isinstance(exc, (RedisConnectionError, RedisTimeoutError)) or consuming.is_failover(exc):
             self.redis_ok = False
             self._redis_incident.failed(exc)
         else:
             incident.failed(exc)
+
+    def _drop_connections(self) -> None:
+        now = time.monotonic()
+        if now - self._dropped_at < 1.0:
+            return  # once a second at most, whichever task noticed
+        self._dropped_at = now
+        self.metrics.reconnects.inc()
+        # Kept referenced until done (the loop holds only weak references to tasks).
+        self._drop_task = asyncio.ensure_future(self._redis.connection_pool.disconnect(inuse_connections=True))
 
     def _redis_recovered(self, incident: Incident) -> None:
         self.redis_ok = True
@@ -677,7 +692,8 @@ class Sidecar:
                         oldest_pending_age_seconds=await consuming.oldest_pending_age(
                             self._redis, stream, group),
                     )
-                self._redis_recovered(self._stats_incident)
+                # Only its own incident: reads succeed on a replica too, so they prove nothing about writes.
+                self._stats_incident.recovered()
             except RedisError as exc:
                 self._redis_failed("stats", self._stats_incident, exc)
             await asyncio.sleep(self.settings.server.stats_interval)

@@ -19,6 +19,7 @@ from aiohttp import web
 from streamgroup_sidecar.running import GroupLost, Sidecar
 from tests.sidecar.conftest import group_pending, running, settings_for, wait_for_pending_zero
 from tests.support.apps import Received, RecordingApp
+from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
 from tests.support.sidecar_process import SidecarProcess
 
@@ -358,3 +359,39 @@ class TestOrdering:
         assert delivered == expected
         assert most > 1, "different keys are delivered in parallel"
         assert any(status == 500 for _, status in app.answered)
+
+
+@pytest.mark.slow
+class TestFailover:
+    async def test_when_a_replica_answers_the_sidecar_reconnects_and_resumes_once_a_primary_is_back(
+        self, app: RecordingApp, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        server = RedisServer(appendonly=True).start()
+        try:
+            client = server.client()
+            settings = settings_for(server, app, claim_min_idle="1s", claim_interval="200ms")
+            mine = str(client.client_id())
+
+            def sidecar_connections() -> set[str]:
+                return {c["id"] for c in client.client_list()} - {mine}
+
+            async with running(settings) as sidecar:
+                client.xadd("orders", {"n": "before"})
+                await app.wait_until(lambda: len(app.succeeded()) >= 1)
+                before = sidecar_connections()
+                # The address now leads to a replica (its primary unreachable, so it keeps its data).
+                client.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+                await asyncio.sleep(1.0)
+                assert not sidecar.redis_ok
+                assert sidecar.metrics.reconnects._value.get() >= 1
+                client.execute_command("REPLICAOF", "NO", "ONE")  # promoted: a primary again
+                client.xadd("orders", {"n": "after"})
+                await app.wait_until(lambda: len(app.succeeded()) >= 2, timeout=20)
+                await wait_for_pending_zero(client, ["orders"])
+                assert sidecar.redis_ok
+                after = sidecar_connections()
+            assert before and after and not (before & after), "every old connection was dropped"
+            warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+            assert warnings == ["reaching Redis failed; retrying quietly until it recovers"], "one line per incident"
+        finally:
+            server.cleanup()
