@@ -67,6 +67,15 @@ AREAS = (
 CALLERS_OF_TOP = 10
 
 
+def prepare_stream(client: Any, entries: int, paced: float | None) -> None:
+    """An empty group at the stream's end for a paced run, else ``entries`` pre-filled ones."""
+    if paced:
+        client.delete(STREAM)
+        client.xgroup_create(STREAM, GROUP, id="$", mkstream=True)
+    else:
+        fresh_stream(client, entries)
+
+
 def area(frame: str) -> str:
     for marker, name in AREAS:
         if marker in frame:
@@ -143,11 +152,7 @@ def profile_with_py_spy(py_spy: str, entries: int, rate: int, options: dict[str,
     output = Path(tempfile.mkdtemp(prefix="sg-bench-pyspy-")) / "profile.txt"
     try:
         client = redis.client()
-        if paced:
-            client.delete(STREAM)
-            client.xgroup_create(STREAM, GROUP, id="$", mkstream=True)
-        else:
-            fresh_stream(client, entries)
+        prepare_stream(client, entries, paced)
         sidecar = SidecarProcess(redis.url, sink.url, "bench-profile", options)
         sidecar.wait_ready()
         spy = subprocess.Popen([py_spy, "record", "--pid", str(sidecar.proc.pid), "--format", "raw", "--nolineno",
@@ -198,11 +203,7 @@ def profile_with_cprofile(entries: int, options: dict[str, str], top: int, paced
     sink = Sink()
     try:
         client = redis.client()
-        if paced:
-            client.delete(STREAM)
-            client.xgroup_create(STREAM, GROUP, id="$", mkstream=True)
-        else:
-            fresh_stream(client, entries)
+        prepare_stream(client, entries, paced)
         env = sidecar_env(redis.url, sink.url, "bench-profile", 0, options)
         settings = parse_settings([], env)
         profiler = cProfile.Profile()

@@ -8,6 +8,7 @@ than guessed, since a guessed zone silently moves a replay or a trim by hours.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime
 
 from . import CLIError
@@ -93,22 +94,18 @@ def parse_duration(text: str) -> float:
     raise CLIError(f"{text!r} is not a duration{hint} (e.g. 500ms, 30s, 5m, 2h, 7d, 1w, 1h30m)")
 
 
-def positive_int(text: str) -> int:
-    """For ``--count``: argparse calls it, a CLIError message becomes the one error line."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise CLIError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise CLIError(f"{text!r} must be at least 1")
-    return value
+def _whole_number_at_least(low: int, words: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise CLIError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise CLIError(f"{text!r} {words}")
+        return value
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise CLIError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise CLIError(f"{text!r} must not be negative")
-    return value
+# For ``--count`` and lengths: argparse calls them, a CLIError message becomes the one error line.
+positive_int = _whole_number_at_least(1, "must be at least 1")
+non_negative_int = _whole_number_at_least(0, "must not be negative")
