@@ -146,7 +146,7 @@ def produce(client: Any, entries: int, per_second: float) -> None:
 
 
 def profile_with_py_spy(py_spy: str, entries: int, rate: int, options: dict[str, str], top: int,
-                        keep: str | None, paced: float | None) -> str:
+                        keep: str | None, paced: float | None, native: bool = False) -> str:
     redis = RedisServer()
     sink = Sink()
     output = Path(tempfile.mkdtemp(prefix="sg-bench-pyspy-")) / "profile.txt"
@@ -156,6 +156,7 @@ def profile_with_py_spy(py_spy: str, entries: int, rate: int, options: dict[str,
         sidecar = SidecarProcess(redis.url, sink.url, "bench-profile", options)
         sidecar.wait_ready()
         spy = subprocess.Popen([py_spy, "record", "--pid", str(sidecar.proc.pid), "--format", "raw", "--nolineno",
+                                *(["--native"] if native else []),
                                 "--rate", str(rate), "--output", str(output), "--duration", "600"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(1.0)  # py-spy attached
@@ -263,6 +264,8 @@ def main() -> None:
                         help="a producer adds --entries at this rate instead of a pre-filled stream")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--keep", metavar="PATH", help="py-spy: keep the raw collapsed stacks (for flamegraph tools)")
+    parser.add_argument("--native", action="store_true",
+                        help="py-spy: sample C frames too (the garbage collector, hiredis, libc)")
     parser.add_argument("--tool", choices=("py-spy", "cprofile"), default=None,
                         help="py-spy when it is installed, else cprofile")
     args = parser.parse_args()
@@ -275,7 +278,8 @@ def main() -> None:
         if tool == "py-spy":
             if py_spy is None:
                 sys.exit("py-spy is not installed (pip install py-spy), use --tool cprofile")
-            print(profile_with_py_spy(py_spy, args.entries, args.rate, options, args.top, args.keep, args.paced))
+            print(profile_with_py_spy(py_spy, args.entries, args.rate, options, args.top, args.keep, args.paced,
+                                      args.native))
         else:
             print(profile_with_cprofile(args.entries, options, args.top, args.paced))
 
