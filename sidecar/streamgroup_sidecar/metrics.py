@@ -10,15 +10,17 @@ rather than exported as a made-up number.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+AGE_BUCKETS = (*LATENCY_BUCKETS, 60.0, 300.0, 900.0, 3600.0)
 
 
 @dataclass
@@ -60,14 +62,94 @@ class GroupCollector(Collector):
         return []
 
 
-@dataclass
-class StreamChildren:
-    """The labelled metrics one stream touches per entry, looked up once (``labels()`` is not free)."""
+class Buckets:
+    """A histogram's state without locks: the sidecar updates it from its event loop only."""
 
-    acked: Any
-    latency: Any
-    end_to_end: Any
-    attempts: dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("bounds", "counts", "labels", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.labels = [floatToGoString(b) for b in (*bounds, float("inf"))]  # type: ignore[no-untyped-call]
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left: a value equal to a bound belongs in that bound's bucket (le is "<=").
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        running = 0
+        out: list[tuple[str, float]] = []
+        for label, count in zip(self.labels, self.counts, strict=True):
+            running += count
+            out.append((label, running))
+        return out
+
+
+class StreamTally:
+    """What happened to one stream's entries: plain numbers, updated per entry on the hot path."""
+
+    __slots__ = ("acked", "age", "attempts", "dead_lettered", "latency")
+
+    def __init__(self) -> None:
+        self.acked = 0
+        self.dead_lettered = 0
+        self.attempts: dict[str, int] = {}
+        """Attempts by result: ``ok``, ``status-<code>``, ``timeout``, ``connection``..."""
+        self.latency = Buckets(LATENCY_BUCKETS)
+        self.age = Buckets(AGE_BUCKETS)
+
+    def attempt(self, result: str, n: int = 1) -> None:
+        self.attempts[result] = self.attempts.get(result, 0) + n
+
+
+class DeliveryCollector(Collector):
+    """Exports the per-entry counters and histograms from :class:`StreamTally` objects.
+
+    Why not prometheus_client's ``Counter`` and ``Histogram``: each ``inc``/``observe`` takes a
+    lock and each ``labels()`` a dict look-up, several times per entry. In batch mode that was
+    a quarter of the sidecar's CPU (docs/performance.md); plain integers cost almost nothing,
+    and the numbers are only turned into metric families when Prometheus scrapes.
+    """
+
+    def __init__(self) -> None:
+        self.streams: dict[str, StreamTally] = {}
+
+    def stream(self, stream: str) -> StreamTally:
+        tally = self.streams.get(stream)
+        if tally is None:
+            tally = self.streams[stream] = StreamTally()
+        return tally
+
+    def collect(self) -> Iterable[CounterMetricFamily | HistogramMetricFamily]:
+        entries = CounterMetricFamily(
+            "streamgroup_sidecar_entries", "Entries finished, by outcome: acked or dead_lettered.",
+            labels=["stream", "outcome"])
+        attempts = CounterMetricFamily(
+            "streamgroup_sidecar_delivery_attempts",
+            "HTTP delivery attempts, by result (ok, status-<code>, timeout, connection, ...).",
+            labels=["stream", "result"])
+        latency = HistogramMetricFamily(
+            "streamgroup_sidecar_delivery_duration_seconds",
+            "Duration of one HTTP delivery attempt, request sent to reply read.", labels=["stream"])
+        age = HistogramMetricFamily(
+            "streamgroup_sidecar_entry_age_at_ack_seconds",
+            "Time from the entry's ID timestamp (when it was added) to its acknowledgement.", labels=["stream"])
+        for stream, tally in self.streams.items():
+            entries.add_metric([stream, "acked"], tally.acked)
+            entries.add_metric([stream, "dead_lettered"], tally.dead_lettered)
+            for result, count in tally.attempts.items():
+                attempts.add_metric([stream, result], count)
+            latency.add_metric([stream], tally.latency.cumulative(), tally.latency.total)
+            age.add_metric([stream], tally.age.cumulative(), tally.age.total)
+        yield entries
+        yield attempts
+        yield latency
+        yield age
+
+    def describe(self) -> Iterable[CounterMetricFamily]:
+        return []
 
 
 class Metrics:
@@ -75,24 +157,9 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.entries = Counter(
-            "streamgroup_sidecar_entries", "Entries finished, by outcome: acked or dead_lettered.",
-            ["stream", "outcome"], registry=registry)
-        self.attempts = Counter(
-            "streamgroup_sidecar_delivery_attempts",
-            "HTTP delivery attempts, by result (ok, status-<code>, timeout, connection, ...).",
-            ["stream", "result"], registry=registry)
         self.retries = Counter(
             "streamgroup_sidecar_retries", "Attempts that will be retried, by reason.",
             ["stream", "reason"], registry=registry)
-        self.latency = Histogram(
-            "streamgroup_sidecar_delivery_duration_seconds",
-            "Duration of one HTTP delivery attempt, request sent to reply read.",
-            ["stream"], buckets=LATENCY_BUCKETS, registry=registry)
-        self.end_to_end = Histogram(
-            "streamgroup_sidecar_entry_age_at_ack_seconds",
-            "Time from the entry's ID timestamp (when it was added) to its acknowledgement.",
-            ["stream"], buckets=(*LATENCY_BUCKETS, 60.0, 300.0, 900.0, 3600.0), registry=registry)
         self.in_flight = Gauge(
             "streamgroup_sidecar_in_flight", "Entries held by this sidecar: being delivered or waiting to retry.",
             registry=registry)
@@ -129,19 +196,9 @@ class Metrics:
             registry=registry)
         self.groups = GroupCollector()
         registry.register(self.groups)
-        self._streams: dict[str, StreamChildren] = {}
+        self.deliveries = DeliveryCollector()
+        registry.register(self.deliveries)
 
-    def stream(self, stream: str) -> StreamChildren:
-        children = self._streams.get(stream)
-        if children is None:
-            children = self._streams[stream] = StreamChildren(
-                acked=self.entries.labels(stream, "acked"), latency=self.latency.labels(stream),
-                end_to_end=self.end_to_end.labels(stream))
-        return children
-
-    def attempt(self, stream: str, result: str) -> None:
-        attempts = self.stream(stream).attempts
-        child = attempts.get(result)
-        if child is None:
-            child = attempts[result] = self.attempts.labels(stream, result)
-        child.inc()
+    def stream(self, stream: str) -> StreamTally:
+        """The per-entry numbers of ``stream`` (entries, attempts, durations, ages)."""
+        return self.deliveries.stream(stream)

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import enum
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -155,28 +156,37 @@ def _batch_statuses(attempt: Attempt) -> dict[str, str] | None:
     return statuses
 
 
+class BatchItem(Protocol):
+    """What a batch verdict needs of an entry (an :class:`~streamgroup_sidecar.encoding.Entry` is one)."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def deliveries(self) -> int: ...
+
+
 def decide_batch(
-    attempt: Attempt, entries: list[tuple[str, int]], delivery: DeliverySettings, retry: RetrySettings
+    attempt: Attempt, entries: Sequence[BatchItem], delivery: DeliverySettings, retry: RetrySettings
 ) -> list[Verdict]:
-    """One verdict per ``(entryId, deliveries)`` of a batch request.
+    """One verdict per entry of a batch request (keys are only looked at when the reply lists statuses).
 
     A failed request (not 2xx) is a failure of every entry in it. A 2xx reply without a
     ``statuses`` list accepts them all; with one, each entry gets its own status, and an
     entry the reply does not mention is retried (reason ``missing-status``), never dropped.
     """
     if attempt.status is None or not 200 <= attempt.status < 300:
-        return [decide(attempt, deliveries, delivery, retry) for _, deliveries in entries]
+        return [decide(attempt, entry.deliveries, delivery, retry) for entry in entries]
     statuses = _batch_statuses(attempt)
     if statuses is None:
         return [Verdict(Action.ACK, "ok")] * len(entries)
     verdicts = []
-    for key, deliveries in entries:
-        status = statuses.get(key)
+    for entry in entries:
+        status = statuses.get(entry.key)
         if status is None:
             verdict = Verdict(Action.RETRY, "missing-status")
         else:
             verdict = _BATCH_STATUS.get(status, Verdict(Action.RETRY, "unknown-status"))
-        verdicts.append(_capped(verdict, attempt, deliveries, delivery))
+        verdicts.append(_capped(verdict, attempt, entry.deliveries, delivery))
     return verdicts
 
 

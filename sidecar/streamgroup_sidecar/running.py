@@ -69,6 +69,8 @@ class Sidecar:
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
+        for stream in settings.group.streams:
+            self.metrics.stream(stream)  # every stream's series exist from the start, at zero
         group = settings.group
         delivery = settings.delivery
         self._streams = group.streams
@@ -359,7 +361,8 @@ class Sidecar:
 
     def _forget(self, entry: Entry) -> None:
         self._held[entry.stream].pop(entry.id, None)
-        self._lost.discard((entry.stream, entry.id))
+        if self._lost:
+            self._lost.discard((entry.stream, entry.id))
 
     def _holding(self) -> int:
         return sum(len(h) for h in self._held.values())
@@ -461,7 +464,7 @@ class Sidecar:
                     logger.error("trimmed entries not recorded before shutdown",
                                  extra={"sg": {"stream": stream, "ids": ids}})
                     return
-        self.metrics.entries.labels(stream, "dead_lettered").inc(len(ids))
+        self.metrics.stream(stream).dead_lettered += len(ids)
         self.metrics.dead_letters.labels(stream, "trimmed").inc(len(ids))
         logger.warning("pending entries were trimmed before delivery; recorded as dead letters",
                        extra={"sg": {"stream": stream, "dead_letter_stream": target, "ids": ids}})
@@ -596,25 +599,26 @@ class Sidecar:
         result = "ok" if attempt.status is not None and 200 <= attempt.status < 300 else (
             f"status-{attempt.status}" if attempt.status is not None else (attempt.error or "error"))
         if self.settings.delivery.batch_size > 1:
-            verdicts = decide_batch(attempt, [(e.key, e.deliveries) for e in ready],
-                                    self.settings.delivery, self.settings.retry)
+            verdicts = decide_batch(attempt, ready, self.settings.delivery, self.settings.retry)
         else:
             verdicts = [decide(attempt, first.deliveries, self.settings.delivery, self.settings.retry)]
         self.metrics.stream(first.stream).latency.observe(elapsed)  # one observation per request
+        now = time.time()
         for entry, verdict in zip(ready, verdicts, strict=True):
-            self.metrics.attempt(entry.stream, result)
-            await self._settle(entry, verdict, attempt, result)
+            tally = self.metrics.stream(entry.stream)
+            tally.attempt(result)
+            if verdict.action is Action.ACK:
+                # Even if a peer took it over meanwhile: acking spares it a duplicate delivery.
+                self._acker.ack(entry.stream, entry.id)
+                tally.acked += 1
+                tally.age.observe(max(0.0, now - entry_ms(entry.id) / 1000))
+                self._done(entry)
+            else:
+                await self._settle(entry, verdict, attempt, result)
 
     async def _settle(self, entry: Entry, verdict: Verdict, attempt: Attempt, result: str) -> None:
+        """An entry the app did not accept: dead-letter it, or retry it after a back-off."""
         stream = entry.stream
-        if verdict.action is Action.ACK:
-            # Even if a peer took it over meanwhile: acking spares it a duplicate delivery.
-            self._acker.ack(stream, entry.id)
-            children = self.metrics.stream(stream)
-            children.acked.inc()
-            children.end_to_end.observe(max(0.0, time.time() - entry_ms(entry.id) / 1000))
-            self._done(entry)
-            return
         if verdict.action is Action.DEAD_LETTER:
             await self._dead_letter(entry, verdict.reason, f"last attempt: {result}")
             self._done(entry)
@@ -667,7 +671,7 @@ class Sidecar:
                 continue
             self._redis_recovered(incident)
             break
-        self.metrics.entries.labels(entry.stream, "dead_lettered").inc()
+        self.metrics.stream(entry.stream).dead_lettered += 1
         self.metrics.dead_letters.labels(entry.stream, dead_letter_kind(reason)).inc()
         logger.warning("entry dead-lettered", extra={"sg": {
             "stream": entry.stream, "id": entry.id, "dead_letter_stream": target, "reason": reason,

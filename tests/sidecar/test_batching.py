@@ -27,7 +27,7 @@ class TestBatchMode:
         settings = settings_for(redis_server, app, streams="orders,refunds", max_in_flight="200", batch_size="50")
         async with running(settings) as sidecar:
             await wait_for_pending_zero(redis_server.client(), ["orders", "refunds"], timeout=60)
-            acked = sum(sidecar.metrics.entries.labels(s, "acked")._value.get() for s in ("orders", "refunds"))
+            acked = sum(sidecar.metrics.stream(s).acked for s in ("orders", "refunds"))
         items = [item for request in app.received for item in request.json()]
         assert {(i["stream"], i["id"]) for i in items} == expected
         assert len(items) == len(expected) and acked == len(expected)

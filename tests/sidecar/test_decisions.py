@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import random
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -137,6 +138,8 @@ class TestEncoding:
     def test_a_repeated_field_name_keeps_every_value_in_order(self) -> None:
         body, _ = fields_to_json([(b"tag", b"a"), (b"x", b"1"), (b"tag", b"b"), (b"tag", b"\xff")])
         assert orjson.loads(body) == {"tag": ["a", "b", {"base64": "/w=="}], "x": "1"}
+        text_only, binary = fields_to_json([(b"tag", b"a"), (b"x", b"1"), (b"tag", b"b")])
+        assert orjson.loads(text_only) == {"tag": ["a", "b"], "x": "1"} and not binary
 
     def test_headers_carry_metadata_and_cloudevents_attributes(self) -> None:
         entry = Entry("orders", "1700000000250-3", [(b"k", b"v")], deliveries=2)
@@ -206,8 +209,14 @@ class TestSequencer:
         assert seq.drain() == waiting and seq.waiting == 0
 
 
+@dataclasses.dataclass
+class Item:
+    key: str
+    deliveries: int
+
+
 class TestBatchReplies:
-    KEYS = [("s/1-0", 1), ("s/2-0", 1), ("s/3-0", 3), ("s/4-0", 1)]
+    KEYS = [Item("s/1-0", 1), Item("s/2-0", 1), Item("s/3-0", 3), Item("s/4-0", 1)]
 
     def reply(self, statuses: object, content_type: str = "application/json") -> Attempt:
         return Attempt(status=200, body=orjson.dumps({"statuses": statuses}), content_type=content_type)

@@ -285,7 +285,7 @@ class TestTheAppDecides:
         produce(redis_server, "orders", 3)
         async with running(settings_for(redis_server, app, max_deliveries="4")) as sidecar:
             await wait_for_pending_zero(client, ["orders"])
-            dead = sidecar.metrics.entries.labels("orders", "dead_lettered")._value.get()
+            dead = sidecar.metrics.stream("orders").dead_lettered
         assert len(app.received) == 12
         assert dead == 3
         rows = client.xrange("orders:dead")

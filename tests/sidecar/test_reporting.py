@@ -12,8 +12,12 @@ import tempfile
 
 import orjson
 from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from streamgroup_sidecar.config import parse_settings
+from streamgroup_sidecar.metrics import Metrics
+from streamgroup_sidecar.running import Sidecar
 from tests.sidecar.conftest import get, running, settings_for, wait_for_pending_zero
 from tests.support.apps import RecordingApp
 from tests.support.ports import free_port
@@ -146,6 +150,35 @@ class TestMetrics:
         assert binary, "promtool is missing: hack/setup.sh installs Debian's prometheus package"
         lint = subprocess.run([binary, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
         assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+class TestHistogramsWithoutLocks:
+    def test_a_value_on_a_bound_counts_in_that_bucket_and_buckets_are_cumulative(self) -> None:
+        registry = CollectorRegistry()
+        tally = Metrics(registry).stream("orders")
+        for seconds in (0.001, 0.0011, 0.5, 45.0):
+            tally.latency.observe(seconds)
+        found = {
+            (sample.name, sample.labels.get("le")): sample.value
+            for family in text_string_to_metric_families(generate_latest(registry).decode())
+            for sample in family.samples if sample.name.startswith("streamgroup_sidecar_delivery_duration")
+        }
+        assert found[("streamgroup_sidecar_delivery_duration_seconds_bucket", "0.001")] == 1
+        assert found[("streamgroup_sidecar_delivery_duration_seconds_bucket", "0.0025")] == 2
+        assert found[("streamgroup_sidecar_delivery_duration_seconds_bucket", "0.5")] == 3
+        assert found[("streamgroup_sidecar_delivery_duration_seconds_bucket", "30.0")] == 3
+        assert found[("streamgroup_sidecar_delivery_duration_seconds_bucket", "+Inf")] == 4
+        assert found[("streamgroup_sidecar_delivery_duration_seconds_count", None)] == 4
+        assert abs(found[("streamgroup_sidecar_delivery_duration_seconds_sum", None)] - 45.5021) < 1e-9
+
+    def test_every_configured_stream_has_its_series_at_zero_before_any_entry(self) -> None:
+        registry = CollectorRegistry()
+        Sidecar(parse_settings([], {"SG_REDIS_URL": "redis://127.0.0.1:1/0", "SG_STREAMS": "orders,refunds",
+                                    "SG_GROUP": "workers", "SG_APP_URL": "http://127.0.0.1:1/"}), registry=registry)
+        text = generate_latest(registry).decode()
+        for stream in ("orders", "refunds"):
+            for outcome in ("acked", "dead_lettered"):
+                assert f'streamgroup_sidecar_entries_total{{outcome="{outcome}",stream="{stream}"}} 0.0' in text
 
 
 class TestTheProcess:
