@@ -6,7 +6,7 @@ deciding what it means is :mod:`streamgroup_sidecar.replies`' job.
 Two clients behind one interface. pyreqwest (Rust's reqwest) is the default: measured in the
 same run on this project's benchmark, it sends 2.5 times as many requests per second as aiohttp
 on uvloop, at half the CPU per request (docs/performance.md). aiohttp stays available with
-``--http-client aiohttp`` as a fallback.
+``--http-client aiohttp`` as a fallback (:mod:`.delivering_aiohttp`, imported only then).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Protocol
 
-import aiohttp
 from pyreqwest.client import Client, ClientBuilder
 from pyreqwest.exceptions import ConnectError, NetworkError, PyreqwestError
 
@@ -32,64 +31,9 @@ class Deliverer(Protocol):
     async def probe(self, url: str) -> bool: ...
 
 
-def _wants_body(status: int, content_type: str) -> bool:
+def wants_body(status: int, content_type: str) -> bool:
+    """Only a 2xx JSON reply can carry statuses worth reading."""
     return 200 <= status < 300 and "json" in content_type.lower()
-
-
-class AiohttpDeliverer:
-    def __init__(self, url: str, timeout: float, max_connections: int) -> None:
-        self._url = url
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=30)
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, skip_auto_headers=("User-Agent",),
-            headers={"User-Agent": "streamgroup-sidecar"},
-        )
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def post(self, request: Request) -> Attempt:
-        assert self._session is not None, "start() first"
-        try:
-            async with self._session.post(self._url, data=request.body, headers=request.headers,
-                                          allow_redirects=False) as reply:
-                content_type = reply.headers.get("Content-Type", "")
-                body = b""
-                if _wants_body(reply.status, content_type):
-                    length = reply.content_length
-                    if length is None or length <= MAX_REPLY_BYTES:
-                        body = await reply.content.read(MAX_REPLY_BYTES)
-                else:
-                    await reply.read()
-                return Attempt(
-                    status=reply.status, body=body, content_type=content_type,
-                    retry_after=reply.headers.get("Retry-After"),
-                )
-        except TimeoutError:
-            return Attempt(error="timeout")
-        except aiohttp.ClientConnectorError:
-            return Attempt(error="connection")
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-            return Attempt(error="disconnected")
-        except aiohttp.ClientError as exc:
-            return Attempt(error=type(exc).__name__)
-
-    async def probe(self, url: str) -> bool:
-        """``True`` if ``url`` answers 2xx (the app's health endpoint)."""
-        assert self._session is not None, "start() first"
-        try:
-            async with self._session.get(url) as reply:
-                await reply.read()
-                return 200 <= reply.status < 300
-        except (TimeoutError, aiohttp.ClientError):
-            return False
 
 
 class PyreqwestDeliverer:
@@ -116,7 +60,7 @@ class PyreqwestDeliverer:
             content = await reply.bytes()
             status = int(reply.status)
             content_type = reply.get_header("content-type") or ""
-            body = bytes(content) if _wants_body(status, content_type) and len(content) <= MAX_REPLY_BYTES else b""
+            body = bytes(content) if wants_body(status, content_type) and len(content) <= MAX_REPLY_BYTES else b""
             return Attempt(status=status, body=body, content_type=content_type,
                            retry_after=reply.get_header("retry-after"))
         except TimeoutError:
@@ -140,5 +84,8 @@ class PyreqwestDeliverer:
 
 def make_deliverer(client: str, url: str, timeout: float, max_connections: int) -> Deliverer:
     if client == "aiohttp":
+        # Imported only when chosen: aiohttp is about 10 MB of memory per sidecar.
+        from .delivering_aiohttp import AiohttpDeliverer
+
         return AiohttpDeliverer(url, timeout, max_connections)
     return PyreqwestDeliverer(url, timeout, max_connections)

@@ -47,7 +47,7 @@ class GroupCollector(Collector):
         oldest = GaugeMetricFamily("streamgroup_sidecar_group_oldest_pending_age_seconds",
                                    "Age, from its ID, of the oldest entry pending in the group.",
                                    labels=labels)
-        for snap in self.snapshots.values():
+        for snap in list(self.snapshots.values()):  # a copy: scrapes run in the health server's thread
             values = [snap.stream, snap.group]
             if snap.lag is not None:
                 lag.add_metric(values, snap.lag)
@@ -136,10 +136,11 @@ class DeliveryCollector(Collector):
         age = HistogramMetricFamily(
             "streamgroup_sidecar_entry_age_at_ack_seconds",
             "Time from the entry's ID timestamp (when it was added) to its acknowledgement.", labels=["stream"])
-        for stream, tally in self.streams.items():
+        # Copies: scrapes run in the health server's thread while the event loop adds keys.
+        for stream, tally in list(self.streams.items()):
             entries.add_metric([stream, "acked"], tally.acked)
             entries.add_metric([stream, "dead_lettered"], tally.dead_lettered)
-            for result, count in tally.attempts.items():
+            for result, count in list(tally.attempts.items()):
                 attempts.add_metric([stream, result], count)
             latency.add_metric([stream], tally.latency.cumulative(), tally.latency.total)
             age.add_metric([stream], tally.age.cumulative(), tally.age.total)

@@ -58,6 +58,8 @@ REDIS_RETRY = RetrySettings(initial=0.1, maximum=5.0, multiplier=2.0, jitter=0.2
 # Back-off while the app refuses connections: short, so deliveries resume soon after it is back.
 APP_DOWN_RETRY = RetrySettings(initial=0.1, maximum=1.0, multiplier=2.0, jitter=0.2)
 LEASE_BATCH = 500
+# /healthz fails (and the kubelet restarts the pod) once the event loop has not run for this long.
+LOOP_STALL_LIMIT = 30.0
 
 
 class GroupLost(RuntimeError):
@@ -99,10 +101,12 @@ class Sidecar:
         self._app_up = asyncio.Event()
         self._app_up.set()
         self._server = Server(
-            make_app(self.registry, self._readiness, lambda: {"alive": True}),
+            make_app(self.registry, self._readiness, self._liveness),
             settings.server.host, settings.server.port,
         )
         self._rng = random.Random()
+        self._beat = time.monotonic()
+        """When the event loop last ran the heartbeat task: /healthz is served from another thread."""
         self._dropped_at = 0.0
         self._drop_task: asyncio.Future[None] | None = None
         self._min_idle_ms = int(settings.claim.min_idle * 1000)
@@ -143,6 +147,7 @@ class Sidecar:
             asyncio.create_task(self._acker.run(), name="acker"),
             asyncio.create_task(self._stats_loop(), name="stats"),
             asyncio.create_task(self._lease_loop(), name="lease"),
+            asyncio.create_task(self._heartbeat(), name="heartbeat"),
         ]
         if s.delivery.app_health_url:
             background.append(asyncio.create_task(self._app_health_loop(s.delivery.app_health_url), name="health"))
@@ -228,6 +233,15 @@ class Sidecar:
         return handed, left_everywhere
 
     # --- readiness -------------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self._beat = time.monotonic()
+            await asyncio.sleep(1.0)
+
+    def _liveness(self) -> dict[str, bool]:
+        """Alive while the event loop keeps turning (called from the health server's thread)."""
+        return {"event_loop": time.monotonic() - self._beat < LOOP_STALL_LIMIT}
 
     def _readiness(self) -> dict[str, bool]:
         checks = {"redis": self.redis_ok, "group": self.groups_ok, "app": self.app_ok}

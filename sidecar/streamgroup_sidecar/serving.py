@@ -4,55 +4,91 @@
 otherwise). ``/readyz`` says whether it can do its job right now: Redis reachable,
 the group present on every stream, the app answering. Each check is reported by
 name in the JSON body so that a failing probe explains itself.
+
+Why the standard library's threaded WSGI server rather than an asyncio one: probes and
+scrapes come a few times a minute, and an aiohttp server kept aiohttp in every sidecar's
+memory (about 10 MB of a 60 MB budget, docs/performance.md) only for them. Serving from
+its own thread also lets ``/healthz`` notice an event loop that stopped turning, which a
+server running on that loop could not report. ``/metrics`` is prometheus_client's own WSGI
+app (content negotiation, gzip, ``name[]`` filters).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry, make_wsgi_app
 
 Checks = Callable[[], dict[str, bool]]
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
-def make_app(registry: CollectorRegistry, readiness: Checks, liveness: Checks) -> web.Application:
-    def report(checks: dict[str, bool]) -> web.Response:
+def make_app(registry: CollectorRegistry, readiness: Checks, liveness: Checks) -> WSGIApp:
+    metrics = make_wsgi_app(registry)
+
+    def report(checks: dict[str, bool], start_response: StartResponse) -> list[bytes]:
         ok = all(checks.values())
-        return web.json_response({"ok": ok, **checks}, status=200 if ok else 503)
+        body = json.dumps({"ok": ok, **checks}).encode()
+        start_response("200 OK" if ok else "503 Service Unavailable",
+                       [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
 
-    async def healthz(_: web.Request) -> web.Response:
-        return report(liveness())
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Length", "0")])
+            return [b""]
+        if path == "/healthz":
+            return report(liveness(), start_response)
+        if path == "/readyz":
+            return report(readiness(), start_response)
+        if path == "/metrics":
+            result: Iterable[bytes] = metrics(environ, start_response)
+            return result
+        start_response("404 Not Found", [("Content-Length", "0")])
+        return [b""]
 
-    async def readyz(_: web.Request) -> web.Response:
-        return report(readiness())
-
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
     return app
 
 
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a slow scraper never holds the process up at exit
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """No line per probe or scrape."""
+
+
 class Server:
-    def __init__(self, app: web.Application, host: str, port: int) -> None:
-        self._runner = web.AppRunner(app, access_log=None)
+    """Serves a WSGI app from a background thread; start and stop are quick and never block the loop long."""
+
+    def __init__(self, app: WSGIApp, host: str, port: int) -> None:
+        self._app = app
         self._host = host
         self._port = port
+        self._server: _ThreadingServer | None = None
+        self._thread: threading.Thread | None = None
         self.port: int | None = None
 
     async def start(self) -> int:
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
-        addresses = self._runner.addresses
-        assert addresses, "the server is listening"
-        self.port = int(addresses[0][1])
+        server = make_server(self._host, self._port, self._app, _ThreadingServer, _QuietHandler)
+        self._server = server
+        self.port = int(server.server_address[1])
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="health-server", daemon=True)
+        self._thread.start()
         return self.port
 
     async def stop(self) -> None:
-        await self._runner.cleanup()
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.shutdown()  # returns within one poll interval
+        server.server_close()

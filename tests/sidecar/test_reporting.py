@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
 
+import aiohttp
 import orjson
+import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from streamgroup_sidecar import running as running_module
 from streamgroup_sidecar.config import parse_settings
 from streamgroup_sidecar.metrics import Metrics
 from streamgroup_sidecar.running import Sidecar
@@ -43,6 +51,38 @@ class TestHealthEndpoints:
             status, body = await get(sidecar.health_port, "/readyz")
             assert status == 200
             assert orjson.loads(body) == {"ok": True, "redis": True, "group": True, "app": True}
+
+    async def test_healthz_fails_while_the_event_loop_is_stuck_and_answers_from_its_own_thread(
+        self, redis_server: RedisServer, app: RecordingApp, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(running_module, "LOOP_STALL_LIMIT", 0.5)
+        async with running(settings_for(redis_server, app)) as sidecar:
+            port = sidecar.health_port
+            assert port is not None
+
+            def probe() -> tuple[int, dict[str, bool]]:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as reply:
+                        return reply.status, json.loads(reply.read())
+                except urllib.error.HTTPError as exc:
+                    return exc.code, json.loads(exc.read())
+
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                time.sleep(1.0)  # the event loop is stuck in a blocking call...
+                answer = pool.submit(probe).result(timeout=5)  # ...and the probe still gets an answer
+            assert answer == (503, {"ok": False, "event_loop": False})
+            await asyncio.sleep(1.2)  # the loop turns again: the next heartbeat makes it live
+            status, body = await get(port, "/healthz")
+            assert status == 200 and orjson.loads(body) == {"ok": True, "event_loop": True}
+
+    async def test_unknown_paths_and_methods_are_refused(self, redis_server: RedisServer, app: RecordingApp) -> None:
+        async with running(settings_for(redis_server, app)) as sidecar:
+            assert sidecar.health_port is not None
+            status, _ = await get(sidecar.health_port, "/nope")
+            assert status == 404
+            async with aiohttp.ClientSession() as session, session.post(
+                    f"http://127.0.0.1:{sidecar.health_port}/metrics") as reply:
+                assert reply.status == 405
 
     async def test_readyz_fails_while_redis_is_down_and_recovers_by_itself(
         self, redis_server: RedisServer, app: RecordingApp
