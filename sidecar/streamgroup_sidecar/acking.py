@@ -42,9 +42,10 @@ class Acker:
     def buffered(self) -> int:
         return self._count
 
-    def ack(self, stream: str, entry_id: str) -> None:
-        self._buffer[stream].append(entry_id)
-        self._count += 1
+    def ack(self, stream: str, entry_ids: list[str]) -> None:
+        """Queue XACKs for ``entry_ids`` of ``stream``: they go with the next round trip."""
+        self._buffer[stream].extend(entry_ids)
+        self._count += len(entry_ids)
         self._idle.clear()
         self._wakeup.set()
 

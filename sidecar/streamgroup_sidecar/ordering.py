@@ -22,6 +22,11 @@ class Sequencer:
         self._waiting: dict[Key, deque[Entry]] = {}
         """Busy keys; each maps to the entries waiting behind the one in delivery (maybe none)."""
 
+    @property
+    def ordered(self) -> bool:
+        """``False`` without an ordering field: nothing ever waits."""
+        return self._field is not None
+
     def key(self, entry: Entry) -> Key | None:
         if self._field is None or not entry.fields:
             return None

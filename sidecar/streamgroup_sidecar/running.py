@@ -570,6 +570,10 @@ class Sidecar:
         """``entry`` left this sidecar's hands (acked, dead-lettered, given up): free its slot."""
         self._forget(entry)
         self._release()
+        self._next_in_order(entry)
+
+    def _next_in_order(self, entry: Entry) -> None:
+        """With ``--ordering-field``: queue the entry that waited for ``entry``'s key, if any."""
         after = self._sequencer.finish(entry)
         if after is not None:
             if self._stopping.is_set():
@@ -617,18 +621,43 @@ class Sidecar:
         else:
             verdicts = [decide(attempt, first.deliveries, self.settings.delivery, self.settings.retry)]
         self.metrics.stream(first.stream).latency.observe(elapsed)  # one observation per request
+        accepted = [entry for entry, verdict in zip(ready, verdicts, strict=True) if verdict.action is Action.ACK]
+        if accepted:
+            self._acknowledge(accepted, result)
+        if len(accepted) < len(ready):
+            for entry, verdict in zip(ready, verdicts, strict=True):
+                if verdict.action is not Action.ACK:
+                    self.metrics.stream(entry.stream).attempt(result)
+                    await self._settle(entry, verdict, attempt, result)
+
+    def _acknowledge(self, entries: list[Entry], result: str) -> None:
+        """The app accepted ``entries``: queue their XACKs, count them, free their slots.
+
+        Even those a peer took over meanwhile are acked: that spares it a duplicate delivery.
+        Written for whole batches (one call per request, not per entry): this is the hot path.
+        """
         now = time.time()
-        for entry, verdict in zip(ready, verdicts, strict=True):
-            tally = self.metrics.stream(entry.stream)
-            tally.attempt(result)
-            if verdict.action is Action.ACK:
-                # Even if a peer took it over meanwhile: acking spares it a duplicate delivery.
-                self._acker.ack(entry.stream, entry.id)
-                tally.acked += 1
-                tally.age.observe(max(0.0, now - entry_ms(entry.id) / 1000))
-                self._done(entry)
-            else:
-                await self._settle(entry, verdict, attempt, result)
+        stream = entries[0].stream
+        if any(entry.stream != stream for entry in entries):  # a batch across several streams
+            for entry in entries:
+                self._acknowledge([entry], result)
+            return
+        ids = [entry.id for entry in entries]
+        self._acker.ack(stream, ids)
+        tally = self.metrics.stream(stream)
+        tally.acked += len(ids)
+        tally.attempt(result, len(ids))
+        observe = tally.age.observe
+        held = self._held[stream]
+        for entry_id in ids:
+            observe(max(0.0, now - entry_ms(entry_id) / 1000))
+            held.pop(entry_id, None)
+        if self._lost:
+            self._lost.difference_update((stream, entry_id) for entry_id in ids)
+        self._release(len(ids))
+        if self._sequencer.ordered:
+            for entry in entries:
+                self._next_in_order(entry)
 
     async def _settle(self, entry: Entry, verdict: Verdict, attempt: Attempt, result: str) -> None:
         """An entry the app did not accept: dead-letter it, or retry it after a back-off."""
