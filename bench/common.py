@@ -34,12 +34,6 @@ PYTHON = sys.executable
 STREAM = "bench"
 GROUP = "bench"
 
-# Runs the real sidecar entry point with uvloop as the event loop policy: no change to its code.
-UVLOOP_SIDECAR = (
-    "import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
-    "from streamgroup_sidecar.__main__ import main; sys.exit(main([]))"
-)
-
 _LIVE: list[Proc] = []
 
 
@@ -215,13 +209,11 @@ def sidecar_env(redis_url: str, app_url: str, consumer: str, health_port: int,
 
 
 class SidecarProcess:
-    """The real ``python -m streamgroup_sidecar`` (or the same entry point under uvloop)."""
+    """The real ``python -m streamgroup_sidecar``."""
 
-    def __init__(self, redis_url: str, app_url: str, consumer: str, options: dict[str, str] | None = None,
-                 uvloop: bool = False) -> None:
+    def __init__(self, redis_url: str, app_url: str, consumer: str, options: dict[str, str] | None = None) -> None:
         self.health_port = free_port()
-        argv = [PYTHON, "-c", UVLOOP_SIDECAR] if uvloop else [PYTHON, "-m", "streamgroup_sidecar"]
-        self.proc = Proc(f"sidecar-{consumer}", argv,
+        self.proc = Proc(f"sidecar-{consumer}", [PYTHON, "-m", "streamgroup_sidecar"],
                          sidecar_env(redis_url, app_url, consumer, self.health_port, options or {}))
 
     def wait_ready(self, timeout: float = 30.0) -> None:

@@ -9,7 +9,8 @@ the sink (``bench/sink.py``) on free loopback ports, measures
    no Redis, plus the sink's own ceiling (pipelined raw sockets),
 3. the naive tutorial loop (``requests.post`` and one XACK per entry),
 4. the real ``python -m streamgroup_sidecar`` in per-entry mode: saturation throughput,
-   p50/p99 latency from XADD to the app at a fixed producer rate, and its RSS,
+   p50/p99 latency from XADD to the app at a fixed producer rate, and its RSS; next to it, the
+   simplest forwarder built from the same client (``bench/forwarder.py``),
 5. batch mode (``--batch-size``), or a "not available" row when the sidecar lacks it,
 6. 1, 2 and 4 sidecars in one group,
 
@@ -74,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="batch requests in flight: SG_MAX_IN_FLIGHT = this x --batch-size (8)")
     parser.add_argument("--scale", default="1,2,4", help="sidecar counts for scale-out (1,2,4)")
     parser.add_argument("--clients", default=",".join(CLIENTS), help="HTTP clients to compare")
-    parser.add_argument("--skip", default="", help="comma-separated: redis,http,naive,sidecar,uvloop,latency,"
+    parser.add_argument("--skip", default="", help="comma-separated: redis,http,naive,sidecar,forwarder,latency,"
                                                    "batch,scale,json")
     parser.add_argument("--json", dest="json_path", help="also write every figure to this JSON file")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
@@ -136,11 +137,8 @@ class Bench:
         per_entry = {"max_in_flight": str(a.in_flight)}
         if "sidecar" not in self.skip:
             self.record("sidecar", lambda: scenarios.saturation(redis, sink, a.entries, per_entry, timeout=timeout))
-        if "uvloop" not in self.skip and not has_module("uvloop"):
-            self.results.setdefault("sidecar_uvloop", [{"error": "not installed"}])
-        elif "uvloop" not in self.skip:
-            self.record("sidecar_uvloop", lambda: scenarios.saturation(redis, sink, a.entries, per_entry,
-                                                                       uvloop=True, timeout=timeout))
+        if "forwarder" not in self.skip:
+            self.record("forwarder", lambda: scenarios.forwarder(redis, sink, a.entries, a.in_flight, timeout))
         if "batch" not in self.skip and batch[0]:
             batch_options = {"batch_size": str(a.batch_size), "batch_wait": a.batch_wait,
                              "max_in_flight": str(a.batch_size * a.batch_requests)}
@@ -264,9 +262,14 @@ def build_table(bench: Bench) -> tuple[list[list[str]], dict[str, Any]]:
                          f"{s['sidecar']['sidecar_cpu']:.2f} / {s['sidecar']['sink_cpu']:.2f} / "
                          f"{s['sidecar']['redis_cpu']:.2f}",
                          f"{s['sidecar']['sidecar_cpu'] / side * 1e6:,.0f} us sidecar CPU per entry", "", ""])
-    if "sidecar_uvloop" in s:
-        rows.append(["  what-if: same process under uvloop (no code change)", _rate(s["sidecar_uvloop"], "entries/s"),
-                     f"{rate_of('sidecar_uvloop') / side:.2f}x asyncio sidecar", "", ""])
+    if "forwarder" in s:
+        forwarder = rate_of("forwarder")
+        rows.append(["  what-if: simplest forwarder, same client (no retries, leases, metrics)",
+                     _rate(s["forwarder"], "entries/s"),
+                     f"{forwarder / best:.2f}x HTTP ceiling; sidecar = {side / forwarder:.2f}x it", "", ""])
+        if "error" not in s["forwarder"]:
+            rows.append(["  CPU of the forwarder (cores)", f"{s['forwarder']['sidecar_cpu']:.2f}",
+                         f"{s['forwarder']['sidecar_cpu'] / forwarder * 1e6:,.0f} us per entry", "", ""])
     lat = bench.once.get("latency")
     if lat is not None:
         if "error" in lat:

@@ -58,8 +58,21 @@ def naive(redis: RedisServer, sink: Sink, max_seconds: float, session: bool = Fa
     return run_json([*argv, "--session"] if session else argv, timeout=max_seconds + 60)
 
 
+def forwarder(redis: RedisServer, sink: Sink, entries: int, in_flight: int, max_seconds: float) -> dict[str, Any]:
+    """``bench/forwarder.py`` drains ``entries`` pre-filled ones (the group at the stream's start)."""
+    client = redis.client()
+    client.delete(STREAM)
+    prefill(client, entries)
+    client.xgroup_create(STREAM, GROUP, id="0")
+    result = run_json([PYTHON, "-m", "bench.forwarder", "--redis-url", redis.url, "--app-url", sink.url,
+                       "--entries", str(entries), "--in-flight", str(in_flight), "--max-seconds", str(max_seconds)],
+                      timeout=max_seconds + 60)
+    result["sidecar_cpu"] = result["cpu_seconds"] / result["seconds"] if result.get("seconds") else 0.0
+    return result
+
+
 def saturation(redis: RedisServer, sink: Sink, entries: int, options: dict[str, str], sidecars: int = 1,
-               uvloop: bool = False, timeout: float = 300.0) -> dict[str, Any]:
+               timeout: float = 300.0) -> dict[str, Any]:
     """Pre-fill ``entries``, start ``sidecars`` in one group, release the group, time until drained.
 
     Sidecars start against a group positioned at the stream's end, so their start-up (imports,
@@ -69,7 +82,7 @@ def saturation(redis: RedisServer, sink: Sink, entries: int, options: dict[str, 
     """
     client = redis.client()
     fresh_stream(client, entries)
-    procs = [SidecarProcess(redis.url, sink.url, f"bench-{i}", options, uvloop=uvloop) for i in range(sidecars)]
+    procs = [SidecarProcess(redis.url, sink.url, f"bench-{i}", options) for i in range(sidecars)]
     try:
         for proc in procs:
             proc.wait_ready()
