@@ -759,9 +759,13 @@ async def _first(*waits: Awaitable[Any]) -> None:
 async def _finish(task: asyncio.Task[Any], wait: float) -> None:
     """Let ``task`` end by itself within ``wait`` seconds, else cancel it; never hang on it."""
     done, _ = await asyncio.wait([task], timeout=wait) if wait > 0 else (set(), set())
-    if not done:
+    # Cancel again until it ends: on Python 3.11 ``asyncio.wait_for`` (which redis-py uses to send
+    # commands) drops a cancellation that arrives as the awaited operation completes.
+    for _ in range(20):
+        if done:
+            break
         task.cancel()
-        done, _ = await asyncio.wait([task], timeout=2.0)
+        done, _ = await asyncio.wait([task], timeout=0.1)
     if not done:
         logger.error("a task ignored cancellation; leaving it behind", extra={"sg": {"task": task.get_name()}})
     elif not task.cancelled() and task.exception() is not None:

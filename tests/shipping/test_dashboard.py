@@ -21,11 +21,12 @@ NAME = re.compile(r"\b(streamgroup_[a-z_]+)")
 def exported_series_names() -> set[str]:
     """Every sample name the two processes expose once they have something to report."""
     sidecar = Metrics(CollectorRegistry())
-    sidecar.entries.labels("s", "acked").inc()
-    sidecar.attempts.labels("s", "ok").inc()
+    tally = sidecar.stream("s")
+    tally.acked += 1
+    tally.attempt("ok")
+    tally.latency.observe(0.1)
+    tally.age.observe(0.1)
     sidecar.retries.labels("s", "timeout").inc()
-    sidecar.latency.labels("s").observe(0.1)
-    sidecar.end_to_end.labels("s").observe(0.1)
     sidecar.redis_errors.labels("xack").inc()
     sidecar.dead_letters.labels("s", "trimmed").inc()
     sidecar.reclaimed.labels("s").inc()

@@ -16,6 +16,7 @@ import zlib
 import pytest
 from aiohttp import web
 
+from streamgroup_sidecar import running as running_module
 from streamgroup_sidecar.running import GroupLost, Sidecar
 from tests.sidecar.conftest import group_pending, running, settings_for, wait_for_pending_zero
 from tests.support.apps import Received, RecordingApp
@@ -310,6 +311,26 @@ class TestGracefulShutdown:
         consumers = {c["name"] for c in client.xinfo_consumers("orders", "workers")}
         assert b"leaving" not in consumers, "it left the group once nothing was pending for it"
         assert client.xinfo_groups("orders")[0]["name"] == b"workers", "the group itself stays"
+
+
+    async def test_a_task_that_swallows_a_cancellation_is_still_stopped_at_shutdown(self) -> None:
+        # Python 3.11's asyncio.wait_for (used by redis-py to send commands) can drop a cancellation.
+        swallowed = 0
+
+        async def stubborn() -> None:
+            nonlocal swallowed
+            while True:
+                try:
+                    await asyncio.sleep(0.05)
+                except asyncio.CancelledError:
+                    if swallowed:
+                        raise
+                    swallowed += 1
+
+        task = asyncio.create_task(stubborn())
+        await asyncio.sleep(0)
+        await asyncio.wait_for(running_module._finish(task, 0.0), 5.0)
+        assert task.cancelled() and swallowed == 1
 
 
 class TestOrdering:
