@@ -1,4 +1,4 @@
-"""Streamgroup's throughput and latency benchmarks: scripts run on demand, never by the test suite.
+"""Streamgroup's throughput and latency benchmarks: scripts run on demand (the tests only smoke-run them).
 
 Why a package: the scenarios share the code that starts private ``redis-server``, sink and
 sidecar processes on loopback and stops them again, and ``python -m bench.run`` (from the
