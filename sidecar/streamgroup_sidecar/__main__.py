@@ -35,11 +35,13 @@ def _tune_gc() -> None:
     them. With the default thresholds the collector still runs every 700 allocations and walks
     every object the imports left behind; in batch mode that was a tenth of the CPU
     (docs/performance.md). Objects alive after start-up are frozen out of its walks, and young
-    collections run every 50,000 allocations instead of 700.
+    collections run every 50,000 allocations instead of 700. Full collections stay frequent
+    (every ten million allocations, minutes at most) so that cyclic garbage (tracebacks, futures)
+    never piles up: after the freeze they only walk what was allocated since.
     """
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    gc.set_threshold(50_000, 20, 10)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,8 +2,10 @@
 
 Successful deliveries hand their IDs to :class:`Acker`. One flusher task sends
 everything collected so far in one pipeline; while that round trip is on the wire,
-new IDs gather for the next one ("group commit"). A small batch waits a millisecond
-for company first, so under load batches grow instead of one round trip per entry. If Redis is down the IDs
+new IDs gather for the next one ("group commit"). Under load (the previous round trip
+went less than 5 ms ago) a small batch waits a millisecond for company first, so batches
+grow instead of one round trip per entry; when acks are rare it goes at once, sparing a
+wake-up per entry. If Redis is down the IDs
 stay in memory (few: nothing new is read while Redis is down, so at most the entries
 that were in flight) and are sent when it comes back; an entry whose ack is lost
 stays pending and is delivered again, never dropped.
@@ -21,12 +23,14 @@ AckSender = Callable[[dict[str, list[str]]], Awaitable[None]]
 class Acker:
     def __init__(self, send: AckSender, on_error: Callable[[BaseException], None],
                  on_batch: Callable[[], None], retry_delay: float = 0.5, linger: float = 0.001,
-                 linger_below: int = 64) -> None:
+                 linger_below: int = 64, busy_window: float = 0.005) -> None:
         """``on_error`` reports (and logs) a failed batch; ``on_batch`` counts a sent one.
 
-        A batch smaller than ``linger_below`` waits ``linger`` seconds for company before it goes.
+        A batch smaller than ``linger_below`` waits ``linger`` seconds for company before it goes,
+        but only when the previous one went less than ``busy_window`` seconds earlier (under load).
         """
         self._linger = linger
+        self._busy_window = busy_window
         self._linger_below = linger_below
         self._send = send
         self._on_error = on_error
@@ -51,13 +55,17 @@ class Acker:
 
     async def run(self) -> None:
         """Flush for ever; cancel to stop (call :meth:`flush` first to send what is left)."""
+        loop = asyncio.get_running_loop()
+        last_flush = 0.0
         while True:
             await self._wakeup.wait()
-            if self._count < self._linger_below:
-                # A millisecond's wait lets deliveries finishing meanwhile join this round trip: the
-                # HTTP client completes requests one loop turn at a time. Acks only, never deliveries.
+            if self._count < self._linger_below and loop.time() - last_flush < self._busy_window:
+                # Under load, a millisecond's wait lets deliveries finishing meanwhile join this round
+                # trip: the HTTP client completes requests one loop turn at a time. When acks are rare
+                # (the last flush was a while ago) it would only add a wake-up. Acks only, never deliveries.
                 await asyncio.sleep(self._linger)
             self._wakeup.clear()
+            last_flush = loop.time()
             await self._flush_once_or_wait()
 
     async def _flush_once_or_wait(self) -> None:

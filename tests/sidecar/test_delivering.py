@@ -11,6 +11,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from streamgroup_sidecar.acking import Acker
 from tests.sidecar.conftest import group_pending, running, settings_for, wait_for_pending_zero
 from tests.support.apps import Received, RecordingApp
 from tests.support.redis_server import RedisServer
@@ -76,6 +77,31 @@ class TestEveryEntryIsDeliveredAndAcked:
             assert max(pending) <= 2 * 4
         finally:
             await app.stop()
+
+
+class TestAcknowledgementBatching:
+    async def test_a_lone_ack_goes_at_once_and_acks_under_load_wait_to_share_a_round_trip(self) -> None:
+        loop = asyncio.get_running_loop()
+        sent: list[dict[str, list[str]]] = []
+
+        async def send(batch: dict[str, list[str]]) -> None:
+            sent.append(batch)
+
+        acker = Acker(send, lambda _: None, lambda: None, linger=0.3, busy_window=1.0)
+        task = asyncio.create_task(acker.run())
+        try:
+            started = loop.time()
+            acker.ack("orders", ["1-0"])  # nothing was sent for a while: no reason to wait
+            while not sent:
+                await asyncio.sleep(0.005)
+            assert loop.time() - started < 0.25 and sent == [{"orders": ["1-0"]}]
+            acker.ack("orders", ["2-0"])  # right after a round trip: wait for company
+            await asyncio.sleep(0.05)
+            acker.ack("orders", ["3-0"])
+            assert await acker.flush(2.0)
+            assert sent[1:] == [{"orders": ["2-0", "3-0"]}]
+        finally:
+            task.cancel()
 
 
 class TestContentArrivesIntact:
