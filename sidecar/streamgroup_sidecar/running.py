@@ -374,9 +374,14 @@ class Sidecar:
                 self._queue.put_nowait(entry)
 
     def _forget(self, entry: Entry) -> None:
-        self._held[entry.stream].pop(entry.id, None)
+        self._forget_all(entry.stream, [entry.id])
+
+    def _forget_all(self, stream: str, ids: list[str]) -> None:
+        held = self._held[stream]
+        for entry_id in ids:
+            held.pop(entry_id, None)
         if self._lost:
-            self._lost.discard((entry.stream, entry.id))
+            self._lost.difference_update((stream, entry_id) for entry_id in ids)
 
     def _holding(self) -> int:
         return sum(len(h) for h in self._held.values())
@@ -621,39 +626,31 @@ class Sidecar:
         else:
             verdicts = [decide(attempt, first.deliveries, self.settings.delivery, self.settings.retry)]
         self.metrics.stream(first.stream).latency.observe(elapsed)  # one observation per request
+        for stream, entries in _by_stream(ready):
+            self.metrics.stream(stream).attempt(result, len(entries))
         accepted = [entry for entry, verdict in zip(ready, verdicts, strict=True) if verdict.action is Action.ACK]
-        if accepted:
-            self._acknowledge(accepted, result)
+        for stream, entries in _by_stream(accepted):
+            self._acknowledge(stream, entries)
         if len(accepted) < len(ready):
             for entry, verdict in zip(ready, verdicts, strict=True):
                 if verdict.action is not Action.ACK:
-                    self.metrics.stream(entry.stream).attempt(result)
                     await self._settle(entry, verdict, attempt, result)
 
-    def _acknowledge(self, entries: list[Entry], result: str) -> None:
-        """The app accepted ``entries``: queue their XACKs, count them, free their slots.
+    def _acknowledge(self, stream: str, entries: list[Entry]) -> None:
+        """The app accepted ``entries`` of ``stream``: queue their XACKs, count them, free their slots.
 
         Even those a peer took over meanwhile are acked: that spares it a duplicate delivery.
         Written for whole batches (one call per request, not per entry): this is the hot path.
         """
         now = time.time()
-        stream = entries[0].stream
-        if any(entry.stream != stream for entry in entries):  # a batch across several streams
-            for entry in entries:
-                self._acknowledge([entry], result)
-            return
         ids = [entry.id for entry in entries]
         self._acker.ack(stream, ids)
         tally = self.metrics.stream(stream)
         tally.acked += len(ids)
-        tally.attempt(result, len(ids))
         observe = tally.age.observe
-        held = self._held[stream]
         for entry_id in ids:
             observe(max(0.0, now - entry_ms(entry_id) / 1000))
-            held.pop(entry_id, None)
-        if self._lost:
-            self._lost.difference_update((stream, entry_id) for entry_id in ids)
+        self._forget_all(stream, ids)
         self._release(len(ids))
         if self._sequencer.ordered:
             for entry in entries:
@@ -744,6 +741,19 @@ class Sidecar:
             except RedisError as exc:
                 self._redis_failed("stats", self._stats_incident, exc)
             await asyncio.sleep(self.settings.server.stats_interval)
+
+
+def _by_stream(entries: list[Entry]) -> list[tuple[str, list[Entry]]]:
+    """``entries`` grouped by stream, in order of first appearance (one group in the usual case)."""
+    if not entries:
+        return []
+    first = entries[0].stream
+    if all(entry.stream == first for entry in entries):
+        return [(first, entries)]
+    groups: dict[str, list[Entry]] = {}
+    for entry in entries:
+        groups.setdefault(entry.stream, []).append(entry)
+    return list(groups.items())
 
 
 async def _first(*waits: Awaitable[Any]) -> None:
