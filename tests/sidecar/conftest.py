@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import redis
@@ -73,6 +73,19 @@ async def wait_for_pending_zero(client: redis.Redis, streams: list[str], timeout
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError({s: group_backlog(client, s) for s in streams})
         await asyncio.sleep(0.05)
+
+
+async def eventually(value: Callable[[], object], expected: object, timeout: float = 10.0) -> None:
+    """Wait until ``value()`` equals ``expected``.
+
+    The sidecar updates its counters when Redis's reply reaches it, which can be a moment after a test's own
+    client already sees the work done in Redis; reading a counter right after ``wait_for_pending_zero`` races.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (got := value()) != expected:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"expected {expected!r} within {timeout}s, still {got!r}")
+        await asyncio.sleep(0.01)
 
 
 async def get(port: int, path: str) -> tuple[int, str]:

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from streamgroup_sidecar.acking import Acker
-from tests.sidecar.conftest import group_pending, running, settings_for, wait_for_pending_zero
+from tests.sidecar.conftest import eventually, group_pending, running, settings_for, wait_for_pending_zero
 from tests.support.apps import Received, RecordingApp
 from tests.support.redis_server import RedisServer
 
@@ -311,9 +311,8 @@ class TestTheAppDecides:
         produce(redis_server, "orders", 3)
         async with running(settings_for(redis_server, app, max_deliveries="4")) as sidecar:
             await wait_for_pending_zero(client, ["orders"])
-            dead = sidecar.metrics.stream("orders").dead_lettered
+            await eventually(lambda: sidecar.metrics.stream("orders").dead_lettered, 3)
         assert len(app.received) == 12
-        assert dead == 3
         rows = client.xrange("orders:dead")
         assert [(f[b"sg:reason"], f[b"sg:deliveries"]) for _, f in rows] == [
             (b"max-deliveries (status-500)", b"4")] * 3

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from streamgroup_sidecar import running as running_module
 from streamgroup_sidecar.running import GroupLost, Sidecar
-from tests.sidecar.conftest import group_pending, running, settings_for, wait_for_pending_zero
+from tests.sidecar.conftest import eventually, group_pending, running, settings_for, wait_for_pending_zero
 from tests.support.apps import Received, RecordingApp
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
@@ -102,8 +102,7 @@ class TestCrashedConsumers:
         client.xtrim("orders", maxlen=0, approximate=False)  # the payloads are gone, the PEL still has them
         async with running(settings_for(redis_server, app, **FAST_RECLAIM)) as sidecar:
             await wait_for_pending_zero(client, ["orders"], timeout=15)
-            await asyncio.sleep(0.2)
-            assert sidecar.metrics.dead_letters.labels("orders", "trimmed")._value.get() == 5
+            await eventually(lambda: sidecar.metrics.dead_letters.labels("orders", "trimmed")._value.get(), 5)
         dead = client.xrange("orders:dead")
         assert [f[b"sg:id"].decode() for _, f in dead] == ids
         assert {f[b"sg:reason"] for _, f in dead} == {b"trimmed"}
