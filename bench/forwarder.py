@@ -3,7 +3,7 @@
 Why: the HTTP ceiling is a process that only posts. A sidecar must also read from Redis and
 acknowledge, in the same process. This loop does just that and nothing else: no retries, no
 leases, no dead letters, no metrics, no ordering. It reads ``XREADGROUP COUNT <free slots>``,
-posts each entry with the best client (pyreqwest on uvloop, the sidecar's ``RequestBuilder``
+posts each entry with the best client (the sidecar's built-in one on uvloop, its ``RequestBuilder``
 and the same request), at most ``--in-flight`` at once, and acknowledges what the app accepted
 with one ``XACK`` per read. Whatever it reaches is what "the best client plus Redis in one
 Python process" costs; the sidecar's distance to it is the cost of its guarantees.
@@ -22,9 +22,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import uvloop
-from pyreqwest.client import ClientBuilder
 
 from streamgroup_sidecar.encoding import Entry, RequestBuilder
+from streamgroup_sidecar.posting import ConnectionPool
 
 from .common import GROUP, STREAM
 
@@ -32,7 +32,7 @@ from .common import GROUP, STREAM
 async def forward(redis_url: str, app_url: str, entries: int, in_flight: int, max_seconds: float) -> dict[str, Any]:
     redis = aioredis.Redis.from_url(redis_url)
     redis.set_response_callback("XREADGROUP", lambda reply, **_: reply)  # raw field pairs, like the sidecar
-    client = ClientBuilder().max_connections(in_flight).build()
+    client = ConnectionPool(app_url, 30.0, in_flight)
     builder = RequestBuilder(group=GROUP, consumer="forwarder")
     static = builder.static_headers(STREAM)
     accepted: list[bytes] = []
@@ -44,9 +44,8 @@ async def forward(redis_url: str, app_url: str, entries: int, in_flight: int, ma
     async def deliver(raw_id: bytes, fields: list[tuple[bytes, bytes]]) -> None:
         nonlocal free, done, errors
         request = builder.build(Entry(STREAM, raw_id.decode(), fields), static)
-        reply = await client.post(app_url).headers(request.headers).body_bytes(request.body).build().send()
-        await reply.bytes()
-        if 200 <= int(reply.status) < 300:
+        reply = await client.request("POST", request.headers, request.body)
+        if reply.status is not None and 200 <= reply.status < 300:
             accepted.append(raw_id)
             done += 1
         else:
@@ -78,7 +77,7 @@ async def forward(redis_url: str, app_url: str, entries: int, in_flight: int, ma
         await redis.xack(STREAM, GROUP, *accepted)
     seconds = time.perf_counter() - started
     cpu = time.process_time() - cpu
-    await client.close()
+    client.close()
     await redis.aclose()
     return {"entries": done, "seconds": seconds, "rate": done / seconds if seconds else 0.0, "errors": errors,
             "cpu_seconds": cpu}

@@ -2,12 +2,12 @@
 
 Why: the sidecar's per-entry mode is one POST per entry, so the best a Python HTTP client can
 do on this machine bounds it; and the client and event loop are choices the sidecar can
-change. Each candidate (aiohttp as the sidecar uses it, pyreqwest, aiosonic, httpx; on the
-default asyncio loop or uvloop) runs in its own process, with the same number of requests
-in flight (``--concurrency``, 64 by default) and exactly the body and headers the sidecar
-sends for a typical entry (built with the sidecar's own ``RequestBuilder``). A ``raw`` client
-writes pre-encoded requests on plain sockets: with ``--depth`` above 1 it pipelines and
-measures the sink's own ceiling rather than a client's.
+change. Each candidate (the sidecar's built-in client, aiohttp and pyreqwest as the sidecar
+uses them, aiosonic, httpx; on the default asyncio loop or uvloop) runs in its own process,
+with the same number of requests in flight (``--concurrency``, 64 by default) and exactly the
+body and headers the sidecar sends for a typical entry (built with the sidecar's own
+``RequestBuilder``). A ``raw`` client writes pre-encoded requests on plain sockets: with
+``--depth`` above 1 it pipelines and measures the sink's own ceiling rather than a client's.
 
 Usage: ``python -m bench.http_clients --client aiohttp --loop uvloop --url http://127.0.0.1:PORT/``.
 Prints one JSON line: requests, seconds, rate, errors, CPU seconds of this process.
@@ -30,7 +30,7 @@ from streamgroup_sidecar.encoding import Entry, Request, RequestBuilder
 from .common import entry_fields
 
 Post = Callable[[], Awaitable[int]]
-CLIENTS = ("aiohttp", "pyreqwest", "aiosonic", "httpx", "raw")
+CLIENTS = ("builtin", "aiohttp", "pyreqwest", "aiosonic", "httpx", "raw")
 
 
 def sample_request() -> Request:
@@ -43,6 +43,17 @@ def sample_request() -> Request:
 async def open_client(name: str, url: str, concurrency: int, request: Request) -> tuple[Post, Callable[[], Any]]:
     """A function that sends one POST and returns its status, and one that closes the client."""
     body, headers = request.body, request.headers
+    if name == "builtin":
+        from streamgroup_sidecar.posting import ConnectionPool
+
+        pool = ConnectionPool(url, 30.0, concurrency)
+
+        async def post_builtin() -> int:
+            attempt = await pool.request("POST", headers, body)
+            if attempt.status is None:
+                raise ConnectionError(attempt.error)
+            return attempt.status
+        return post_builtin, pool.close
     if name == "aiohttp":
         import aiohttp
 
@@ -192,6 +203,8 @@ async def run_raw(url: str, total: int, concurrency: int, depth: int, max_second
 
 
 def version(name: str) -> str:
+    if name == "builtin":
+        name = "httptools"  # its reply parser; the rest is the sidecar's own code
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:

@@ -49,7 +49,7 @@ from .common import (
     stop_all,
 )
 
-CLIENTS = ("aiohttp", "pyreqwest", "aiosonic", "httpx")
+CLIENTS = ("builtin", "aiohttp", "pyreqwest", "aiosonic", "httpx")
 LOOPS = ("asyncio", "uvloop")
 TARGETS = {"per_entry_vs_http": 0.9, "per_entry_vs_naive": 15.0, "batch_vs_redis": 0.30, "p99_ms": 5.0,
            "rss_mb": 60.0}
@@ -123,7 +123,7 @@ class Bench:
                 sink, "raw", best_loop(), a.requests * 4, a.concurrency, a.client_seconds))
             for client in self.clients:
                 for loop in LOOPS:
-                    if not has_module(client) or not has_module(loop):
+                    if not has_module("httptools" if client == "builtin" else client) or not has_module(loop):
                         self.results.setdefault(f"http:{client}:{loop}", [{"error": "not installed"}])
                         continue
                     self.record(f"http:{client}:{loop}", functools.partial(

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import aiohttp
 
-from .delivering import MAX_REPLY_BYTES, wants_body
 from .encoding import Request
-from .replies import Attempt
+from .posting import MAX_REPLY_BYTES
+from .replies import Attempt, wants_body
 
 
 class AiohttpDeliverer:

@@ -53,6 +53,11 @@ class Attempt:
     """``timeout`` or ``connection`` (app unreachable) or another short error name."""
 
 
+def wants_body(status: int, content_type: str) -> bool:
+    """Only a 2xx JSON reply can carry statuses worth reading: clients keep no other body."""
+    return 200 <= status < 300 and "json" in content_type.lower()
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     action: Action

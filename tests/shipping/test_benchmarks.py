@@ -17,7 +17,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--entries", "400", "--ceiling-entries", "2000", "--requests", "300", "--client-seconds", "3",
         "--naive-seconds", "0.5", "--duration", "1", "--warmup", "0.2", "--rate", "200", "--repeat", "1",
-        "--clients", "pyreqwest,aiohttp", "--scale", "1,2"]
+        "--clients", "builtin,pyreqwest", "--scale", "1,2"]
 
 
 def harness_processes() -> set[int]:
@@ -35,8 +35,8 @@ class TestTheHarness:
                               capture_output=True, text=True, timeout=240)
         assert done.returncode == 0, done.stderr[-2000:]
         summary = json.loads(figures.read_text())["summary"]
-        for scenario in ("redis_ceiling", "sink_ceiling", "http:pyreqwest:uvloop", "naive", "sidecar", "forwarder",
-                         "batch", "scale:2"):
+        for scenario in ("redis_ceiling", "sink_ceiling", "http:builtin:uvloop", "http:pyreqwest:uvloop", "naive",
+                         "sidecar", "forwarder", "batch", "scale:2"):
             assert "error" not in summary[scenario], (scenario, summary[scenario])
             assert summary[scenario]["rate"] > 0, scenario
         for scenario in ("sidecar", "batch", "scale:2"):

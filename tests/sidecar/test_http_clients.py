@@ -1,4 +1,4 @@
-"""Both HTTP clients report every outcome the same way (pyreqwest is the default, aiohttp the fallback)."""
+"""Every HTTP client reports every outcome the same way (the built-in one is the default)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tests.support.ports import free_port
 REQUEST = Request(b'{"k":"v"}', {"Content-Type": "application/json", "Streamgroup-Id": "1-0"})
 
 
-@pytest.fixture(params=["pyreqwest", "aiohttp"])
+@pytest.fixture(params=["builtin", "pyreqwest", "aiohttp"])
 async def deliverer_for(request: pytest.FixtureRequest) -> AsyncIterator[object]:
     made: list[Deliverer] = []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -71,12 +72,12 @@ class RecordingApp:
         self._changed.set()
         return reply
 
-    async def start(self) -> RecordingApp:
+    async def start(self, ssl_context: ssl.SSLContext | None = None) -> RecordingApp:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=ssl_context).start()
         return self
 
     async def stop(self) -> None:

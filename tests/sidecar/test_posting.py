@@ -1,0 +1,365 @@
+"""The built-in HTTP/1.1 client on the wire: keep-alive, its races, and replies of every shape.
+
+The app here is a raw TCP server whose replies the tests write byte for byte, so each case is
+exactly the one named (a connection closed while idle, a reply with no length, an interim
+``100 Continue``, garbage) rather than whatever a real server framework happens to send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import pytest
+
+from streamgroup_sidecar.encoding import Request
+from streamgroup_sidecar.posting import BuiltinDeliverer, ConnectionPool
+from tests.support.apps import RecordingApp
+from tests.support.ports import free_port
+from tests.support.redis_server import make_tls
+
+
+def request(entry_id: str = "1-0", **headers: str) -> Request:
+    return Request(orjson.dumps({"id": entry_id}), {"Content-Type": "application/json", "Streamgroup-Id": entry_id,
+                                                    **headers})
+
+
+def reply(status: int = 200, body: bytes = b"", *headers: str) -> bytes:
+    head = "".join(f"{h}\r\n" for h in headers)
+    return f"HTTP/1.1 {status} X\r\n{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+@dataclass
+class Seen:
+    connection: int
+    head: str
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        for line in self.head.split("\r\n")[1:]:
+            key, _, value = line.partition(":")
+            if key.lower() == name.lower():
+                return value.strip()
+        return None
+
+
+Answer = Callable[[Seen, asyncio.StreamWriter], Awaitable[bool]]
+"""Writes the reply to one request; returns whether to keep reading requests on the connection."""
+
+
+@dataclass
+class RawApp:
+    answer: Answer
+    port: int = 0
+    requests: list[Seen] = field(default_factory=list)
+    connections: int = 0
+    _server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/deliver"
+
+    async def start(self) -> RawApp:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        number = self.connections
+        try:
+            while True:
+                try:
+                    head = (await reader.readuntil(b"\r\n\r\n")).decode()
+                except asyncio.IncompleteReadError:
+                    return
+                seen = Seen(number, head, b"")
+                length = seen.header("content-length")
+                seen.body = await reader.readexactly(int(length)) if length else b""
+                self.requests.append(seen)
+                if not await self.answer(seen, writer):
+                    return
+        finally:
+            writer.close()
+
+
+def answering(*replies: bytes, keep: bool = True) -> Answer:
+    """Answers each request with ``replies`` in turn (the last one for the rest)."""
+    count = 0
+
+    async def answer(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        nonlocal count
+        writer.write(replies[min(count, len(replies) - 1)])
+        count += 1
+        await writer.drain()
+        return keep
+    return answer
+
+
+@pytest.fixture
+async def raw_app() -> AsyncIterator[Callable[[Answer], Awaitable[RawApp]]]:
+    started: list[RawApp] = []
+
+    async def start(answer: Answer) -> RawApp:
+        started.append(await RawApp(answer).start())
+        return started[-1]
+    yield start
+    for app in started:
+        await app.stop()
+
+
+class TestConnectionsAreKeptAlive:
+    async def test_requests_one_after_another_share_one_connection(
+        self, raw_app: Callable[..., Awaitable[RawApp]]
+    ) -> None:
+        app = await raw_app(answering(reply(200)))
+        pool = ConnectionPool(app.url, 5.0, 8)
+        statuses = [(await pool.request("POST", request(f"{n}-0").headers, b"x")).status for n in range(20)]
+        pool.close()
+        assert statuses == [200] * 20
+        assert app.connections == 1 and len(app.requests) == 20
+
+    async def test_a_connection_the_app_closed_while_idle_is_replaced_without_a_failed_delivery(
+        self, raw_app: Callable[..., Awaitable[RawApp]]
+    ) -> None:
+        # The app closes every connection right after its reply, without saying so (an idle timeout).
+        app = await raw_app(answering(reply(200), keep=False))
+        pool = ConnectionPool(app.url, 5.0, 8)
+        results = []
+        for n in range(5):
+            results.append(await pool.request("POST", request(f"{n}-0").headers, b"x"))
+            await asyncio.sleep(0.05)
+        pool.close()
+        assert [(r.status, r.error) for r in results] == [(200, None)] * 5
+        assert len(app.requests) == 5 and app.connections == 5, "each entry was sent once"
+
+    async def test_a_reused_connection_that_dies_before_the_reply_is_retried_once_on_a_fresh_one(
+        self, raw_app: Callable[..., Awaitable[RawApp]]
+    ) -> None:
+        # Connection 1 answers its first request, then drops the second without a reply (the keep-alive race
+        # when the close is not yet seen); the retry goes on connection 2.
+        async def answer(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+            if seen.connection == 1 and len(app.requests) == 2:
+                return False
+            writer.write(reply(200))
+            return True
+        app = await raw_app(answer)
+        pool = ConnectionPool(app.url, 5.0, 8)
+        first = await pool.request("POST", request("1-0").headers, b"x")
+        second = await pool.request("POST", request("2-0").headers, b"x")
+        pool.close()
+        assert (first.status, second.status) == (200, 200)
+        sent = [(s.connection, s.header("streamgroup-id")) for s in app.requests]
+        assert sent == [(1, "1-0"), (1, "2-0"), (2, "2-0")]
+
+    async def test_a_fresh_connection_that_dies_before_the_reply_is_a_disconnection_not_retried(
+        self, raw_app: Callable[..., Awaitable[RawApp]]
+    ) -> None:
+        async def hang_up(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+            return False
+        app = await raw_app(hang_up)
+        pool = ConnectionPool(app.url, 5.0, 8)
+        result = await pool.request("POST", request().headers, b"x")
+        pool.close()
+        assert (result.status, result.error) == (None, "disconnected")
+        assert len(app.requests) == 1
+
+    async def test_connection_close_in_a_reply_is_honoured(self, raw_app: Callable[..., Awaitable[RawApp]]) -> None:
+        app = await raw_app(answering(reply(200, b"", "Connection: close")))
+        pool = ConnectionPool(app.url, 5.0, 8)
+        statuses = [(await pool.request("POST", request().headers, b"x")).status for _ in range(3)]
+        pool.close()
+        assert statuses == [200] * 3 and app.connections == 3
+
+    async def test_after_a_timeout_a_late_reply_is_never_taken_for_the_next_requests(
+        self, raw_app: Callable[..., Awaitable[RawApp]]
+    ) -> None:
+        async def echo(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+            if seen.header("streamgroup-id") == "1-0":
+                await asyncio.sleep(0.5)  # too late: the client gave up after 0.2 s
+            body = orjson.dumps({"status": "SUCCESS", "id": seen.header("streamgroup-id")})
+            writer.write(reply(200, body, "Content-Type: application/json"))
+            return True
+        app = await raw_app(echo)
+        pool = ConnectionPool(app.url, 0.2, 8)
+        late = await pool.request("POST", request("1-0").headers, b"x")
+        following = [await pool.request("POST", request(f"{n}-0").headers, b"x") for n in (2, 3)]
+        pool.close()
+        assert late.error == "timeout"
+        assert [orjson.loads(r.body)["id"] for r in following] == ["2-0", "3-0"]
+
+    async def test_closing_the_pool_while_a_request_waits_ends_the_request(
+        self, raw_app: Callable[..., Awaitable[RawApp]]
+    ) -> None:
+        async def never(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+            await asyncio.sleep(10)
+            return False
+        app = await raw_app(never)
+        pool = ConnectionPool(app.url, 30.0, 8)
+        pending = asyncio.create_task(pool.request("POST", request().headers, b"x"))
+        await asyncio.sleep(0.1)
+        pool.close()
+        result = await asyncio.wait_for(pending, 2)
+        assert result.error == "disconnected"
+
+
+class TestReplies:
+    async def test_a_chunked_json_reply_is_read_whole(self, raw_app: Callable[..., Awaitable[RawApp]]) -> None:
+        body = orjson.dumps({"statuses": {"orders/1-0": "RETRY"}})
+        chunked = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   + b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:7], body[7:])) + b"0\r\n\r\n")
+        app = await raw_app(answering(chunked))
+        pool = ConnectionPool(app.url, 5.0, 8)
+        results = [await pool.request("POST", request().headers, b"x") for _ in range(2)]
+        pool.close()
+        assert [orjson.loads(r.body) for r in results] == [orjson.loads(body)] * 2
+        assert app.connections == 1
+
+    async def test_a_reply_without_a_length_ends_when_the_app_closes_the_connection(
+        self, raw_app: Callable[..., Awaitable[RawApp]]
+    ) -> None:
+        app = await raw_app(answering(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{"status":"DROP"}',
+                                      keep=False))
+        pool = ConnectionPool(app.url, 5.0, 8)
+        result = await pool.request("POST", request().headers, b"x")
+        pool.close()
+        assert result.status == 200 and orjson.loads(result.body) == {"status": "DROP"}
+
+    async def test_a_reply_cut_short_is_a_disconnection(self, raw_app: Callable[..., Awaitable[RawApp]]) -> None:
+        app = await raw_app(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"sta", keep=False))
+        pool = ConnectionPool(app.url, 5.0, 8)
+        result = await pool.request("POST", request().headers, b"x")
+        pool.close()
+        assert (result.status, result.error) == (None, "disconnected")
+
+    async def test_an_interim_100_continue_is_skipped(self, raw_app: Callable[..., Awaitable[RawApp]]) -> None:
+        app = await raw_app(answering(b"HTTP/1.1 100 Continue\r\n\r\n" + reply(503, b"", "Retry-After: 7")))
+        pool = ConnectionPool(app.url, 5.0, 8)
+        result = await pool.request("POST", request().headers, b"x")
+        pool.close()
+        assert (result.status, result.retry_after) == (503, "7")
+
+    async def test_a_body_over_the_limit_is_dropped_and_the_connection_stays_usable(
+        self, raw_app: Callable[..., Awaitable[RawApp]]
+    ) -> None:
+        app = await raw_app(answering(reply(200, b'{"status":"RETRY"}' + b" " * 5000, "Content-Type: application/json"),
+                                      reply(200, b'{"status":"RETRY"}', "Content-Type: application/json")))
+        pool = ConnectionPool(app.url, 5.0, 8, max_body=1000)
+        big = await pool.request("POST", request().headers, b"x")
+        small = await pool.request("POST", request().headers, b"x")
+        pool.close()
+        assert (big.status, big.body) == (200, b"")
+        assert orjson.loads(small.body) == {"status": "RETRY"} and app.connections == 1
+
+    async def test_a_reply_that_is_not_http_is_reported_and_the_connection_dropped(
+        self, raw_app: Callable[..., Awaitable[RawApp]]
+    ) -> None:
+        app = await raw_app(answering(b"SSH-2.0-OpenSSH_9.2\r\n\r\n", reply(200)))
+        pool = ConnectionPool(app.url, 5.0, 8)
+        bad = await pool.request("POST", request().headers, b"x")
+        good = await pool.request("POST", request().headers, b"x")
+        pool.close()
+        assert (bad.status, bad.error) == (None, "bad-reply")
+        assert good.status == 200 and app.connections == 2
+
+
+class TestRequests:
+    async def test_the_request_carries_host_length_agent_headers_and_body(
+        self, raw_app: Callable[..., Awaitable[RawApp]]
+    ) -> None:
+        app = await raw_app(answering(reply(204)))
+        pool = ConnectionPool(app.url + "?tenant=a", 5.0, 8)
+        result = await pool.request("POST", request("5-1").headers, b'{"id":"5-1"}')
+        pool.close()
+        [seen] = app.requests
+        assert result.status == 204
+        assert seen.head.startswith("POST /deliver?tenant=a HTTP/1.1\r\n")
+        assert seen.header("host") == f"127.0.0.1:{app.port}"
+        assert seen.header("content-length") == "12" and seen.body == b'{"id":"5-1"}'
+        assert seen.header("user-agent") == "streamgroup-sidecar"
+        assert seen.header("streamgroup-id") == "5-1" and seen.header("content-type") == "application/json"
+
+    async def test_credentials_in_the_url_become_basic_authentication(
+        self, raw_app: Callable[..., Awaitable[RawApp]]
+    ) -> None:
+        app = await raw_app(answering(reply(200)))
+        pool = ConnectionPool(f"http://ingest:p%40ss@127.0.0.1:{app.port}/", 5.0, 8)
+        await pool.request("POST", {}, b"x")
+        pool.close()
+        assert app.requests[0].header("authorization") == "Basic aW5nZXN0OnBAc3M="  # base64 of ingest:p@ss
+
+    @pytest.mark.parametrize("name, value", [("Streamgroup-Id", "1-0\r\nX-Injected: yes"), ("X-Bad\r\nX", "v"),
+                                             ("Streamgroup-Id", "1-0\nX-Injected: yes"), ("Streamgroup-Id", "a\0b")])
+    async def test_a_header_that_would_split_the_request_is_refused_and_nothing_is_sent(
+        self, raw_app: Callable[..., Awaitable[RawApp]], name: str, value: str
+    ) -> None:
+        app = await raw_app(answering(reply(200)))
+        pool = ConnectionPool(app.url, 5.0, 8)
+        result = await pool.request("POST", {name: value}, b"x")
+        pool.close()
+        await asyncio.sleep(0.05)
+        assert (result.status, result.error) == (None, "bad-request")
+        assert app.requests == []
+
+    def test_a_url_that_is_not_http_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="not an http"):
+            ConnectionPool("ftp://127.0.0.1/", 5.0, 8)
+
+
+class TestHTTPS:
+    @pytest.fixture
+    def tls_app_folder(self, tmp_path: Path) -> Path:
+        return make_tls(tmp_path / "tls", "localhost")
+
+    async def https_app(self, folder: Path) -> RecordingApp:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(folder / "server.crt", folder / "server.key")
+        app = RecordingApp()
+        await app.start(ssl_context=context)
+        return app
+
+    async def test_an_app_with_a_trusted_certificate_gets_the_entry(
+        self, tls_app_folder: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("SSL_CERT_FILE", str(tls_app_folder / "ca.crt"))
+        app = await self.https_app(tls_app_folder)
+        deliverer = BuiltinDeliverer(f"https://localhost:{app.port}/", 5.0, 4)
+        try:
+            results = [await deliverer.post(request()) for _ in range(3)]
+        finally:
+            await deliverer.close()
+            await app.stop()
+        assert [r.status for r in results] == [204] * 3 and len(app.received) == 3
+
+    async def test_an_app_whose_certificate_is_not_trusted_gets_nothing(self, tls_app_folder: Path) -> None:
+        app = await self.https_app(tls_app_folder)
+        deliverer = BuiltinDeliverer(f"https://localhost:{app.port}/", 5.0, 4)
+        try:
+            result = await deliverer.post(request())
+        finally:
+            await deliverer.close()
+            await app.stop()
+        assert result.error == "connection" and app.received == []
+
+
+class TestProbes:
+    async def test_a_probe_is_a_get_and_succeeds_on_2xx_only(self) -> None:
+        app = await RecordingApp().start()
+        deliverer = BuiltinDeliverer(app.url, 5.0, 4)
+        try:
+            up = await deliverer.probe(app.url + "health")
+            down = await deliverer.probe(f"http://127.0.0.1:{free_port()}/health")
+        finally:
+            await deliverer.close()
+            await app.stop()
+        assert (up, down) == (True, False)
+
