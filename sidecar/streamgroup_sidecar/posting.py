@@ -12,12 +12,17 @@ costs about 10 µs: the sidecar's per-entry throughput roughly tripled with it.
 What it does, and all it does:
 
 - HTTP/1.1 with keep-alive, one request at a time on each connection (no pipelining); at most
-  ``max_connections`` idle connections are kept. ``http://`` and ``https://`` (the system's
-  trust store, host name checked). Credentials in the URL become basic authentication.
+  ``max_connections`` idle connections are kept, none idle for longer than ``IDLE_LIMIT``
+  (below the usual servers' keep-alive timeouts, so the app rarely closes one under us).
+  ``http://`` and ``https://`` (the system's trust store, host name checked). Credentials in
+  the URL become basic authentication.
 - One deadline for the whole request, connecting included. A connection whose request timed
   out or was cancelled is closed, never reused: its reply could still arrive.
 - The keep-alive race: a reused connection that the app closed while it sat idle is retried
-  once on a fresh connection, but only when not one byte of a reply had arrived.
+  once, on a fresh connection, but only when not one byte of a reply had arrived. If that
+  fresh connection cannot even be made, the outcome is ``disconnected``, not ``connection``:
+  the app may have received the request and crashed on it, so the attempt must count
+  towards ``--max-deliveries``.
 - Replies: status, ``Content-Type``, ``Retry-After``, and a JSON body of at most ``max_body``
   bytes (larger bodies are read and dropped). Chunked bodies, ``Connection: close`` and
   HTTP/1.0 replies are the parser's job; interim (1xx) replies are skipped; a reply without a
@@ -45,6 +50,9 @@ from .replies import Attempt, wants_body
 USER_AGENT = "streamgroup-sidecar"
 # Replies are only read to find {"status": ...} (or a batch's "statuses"); a larger body is not one.
 MAX_REPLY_BYTES = 1024 * 1024
+# Idle connections older than this are closed, not reused: below the keep-alive timeouts of
+# common app servers (uvicorn and Node 5 s, Go 90 s+), so the app seldom closes one first.
+IDLE_LIMIT = 4.0
 
 _TIMEOUT = Attempt(error="timeout")
 _DISCONNECTED = Attempt(error="disconnected")
@@ -62,6 +70,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.reusable = False
         self.received = False  # a byte of the current request's reply arrived
+        self.idle_since = 0.0
         self._waiter: asyncio.Future[Attempt] | None = None
         self._reset()
 
@@ -70,6 +79,7 @@ class _Connection(asyncio.Protocol):
         self._content_type = ""
         self._retry_after: str | None = None
         self._sized = False  # Content-Length or chunked: the reply's end is known without a close
+        self._keep_body = False
         self._body: list[bytes] = []
         self._size = 0
 
@@ -99,7 +109,7 @@ class _Connection(asyncio.Protocol):
         self.received = True
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # not HTTP, or a protocol switch
             self._resolve(_BAD_REPLY)
             self.abort()
 
@@ -110,8 +120,9 @@ class _Connection(asyncio.Protocol):
         self.reusable = False
         if self._waiter is None:
             return
-        if self._status >= 200 and not self._sized:
-            # No Content-Length and not chunked: the reply ends when the app closes the connection.
+        if exc is None and self._status >= 200 and not self._sized:
+            # No Content-Length and not chunked: the reply ends when the app closes the connection
+            # (cleanly: after a reset the body may be cut short).
             self._complete()
         else:
             self._resolve(_DISCONNECTED)
@@ -128,16 +139,21 @@ class _Connection(asyncio.Protocol):
             self._content_type = value.decode("latin-1")
         elif name == b"retry-after":
             self._retry_after = value.decode("latin-1")
-        elif name == b"content-length" or name == b"transfer-encoding":
+        elif name == b"content-length":
             self._sized = True
+        elif name == b"transfer-encoding":
+            # Only a chunked reply ends on its own; any other coding is read until the app closes.
+            self._sized = value.rstrip().lower().endswith(b"chunked")
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
+        self._keep_body = wants_body(self._status, self._content_type)
 
     def on_body(self, body: bytes) -> None:
-        self._size += len(body)
-        if self._size <= self._max_body:
-            self._body.append(body)
+        if self._keep_body:
+            self._size += len(body)
+            if self._size <= self._max_body:
+                self._body.append(body)
 
     def on_message_complete(self) -> None:
         if 100 <= self._status < 200:
@@ -147,10 +163,9 @@ class _Connection(asyncio.Protocol):
         self._complete()
 
     def _complete(self) -> None:
-        status, content_type = self._status, self._content_type
-        keep = self._size <= self._max_body and wants_body(status, content_type)
-        self._resolve(Attempt(status=status, body=b"".join(self._body) if keep else b"",
-                              content_type=content_type, retry_after=self._retry_after))
+        keep = self._keep_body and self._size <= self._max_body
+        self._resolve(Attempt(status=self._status, body=b"".join(self._body) if keep else b"",
+                              content_type=self._content_type, retry_after=self._retry_after))
 
 
 def _expire(connection: _Connection) -> None:
@@ -169,6 +184,8 @@ class ConnectionPool:
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
         self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if any(c <= " " or c == "\x7f" for c in self.target):
+            raise ValueError(f"the URL's path has a space or control character: {url!r}")
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         authority = f"{host}:{parts.port}" if parts.port else host
         fixed = f"Host: {authority}\r\nUser-Agent: {USER_AGENT}\r\n"
@@ -181,6 +198,7 @@ class ConnectionPool:
         self._max_body = max_body
         self._idle: list[_Connection] = []
         self._busy: set[_Connection] = set()
+        self._closed = False
 
     def encode(self, method: str, headers: dict[str, str], body: bytes) -> bytes | None:
         """The request's bytes; ``None`` if a header name or value would break the request apart."""
@@ -195,30 +213,45 @@ class ConnectionPool:
         data = self.encode(method, headers, body)
         if data is None:
             return _BAD_REQUEST
+        if self._closed:
+            return _DISCONNECTED
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
-        while True:
-            connection = self._take_idle()
-            reused = connection is not None
-            if connection is None:
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        _, connection = await loop.create_connection(
-                            self._new_connection, self._host, self._port, ssl=self._ssl)
-                except TimeoutError:
-                    return _TIMEOUT
-                except OSError:  # refused, unreachable, or TLS failed (ssl.SSLError is an OSError)
-                    return _CONNECTION
+        connection = self._take_idle(loop.time())
+        if connection is not None:
             attempt = await self._exchange(loop, connection, data, deadline)
-            if reused and attempt is _DISCONNECTED and not connection.received:
-                continue  # the app closed it while it sat idle: try once more on a fresh one
-            return attempt
+            if attempt is not _DISCONNECTED or connection.received or self._closed:
+                return attempt
+            # The app had closed it while it sat idle (or crashed on this very request): once more, on a
+            # fresh connection; if none can be made, the attempt still counts (it is not "connection").
+            fresh = await self._connect(loop, deadline)
+            return await self._exchange(loop, fresh, data, deadline) if isinstance(fresh, _Connection) else (
+                _DISCONNECTED if fresh is _CONNECTION else fresh)
+        fresh = await self._connect(loop, deadline)
+        return await self._exchange(loop, fresh, data, deadline) if isinstance(fresh, _Connection) else fresh
 
-    def _take_idle(self) -> _Connection | None:
+    async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection | Attempt:
+        try:
+            async with asyncio.timeout_at(deadline):
+                _, connection = await loop.create_connection(
+                    self._new_connection, self._host, self._port, ssl=self._ssl)
+        except TimeoutError:
+            return _TIMEOUT
+        except OSError:  # refused, unreachable, or TLS failed (ssl.SSLError is an OSError)
+            return _CONNECTION
+        if self._closed:  # close() came first, or while connecting
+            connection.abort()
+            return _DISCONNECTED
+        return connection
+
+    def _take_idle(self, now: float) -> _Connection | None:
         while self._idle:
             connection = self._idle.pop()
-            if connection.reusable:  # not closed by the app (or dropped) while it sat idle
+            assert connection.transport is not None
+            fresh = now - connection.idle_since < IDLE_LIMIT
+            if fresh and connection.reusable and not connection.transport.is_closing():
                 return connection
+            connection.abort()  # closed by the app (or dropped) while it sat idle, or idle too long
         return None
 
     def _new_connection(self) -> _Connection:
@@ -238,13 +271,16 @@ class ConnectionPool:
         finally:
             timer.cancel()
             self._busy.discard(connection)
-        if connection.reusable and len(self._idle) < self._max_connections:
+        if connection.reusable and not self._closed and len(self._idle) < self._max_connections:
+            connection.idle_since = loop.time()
             self._idle.append(connection)
         elif connection.transport is not None and not connection.transport.is_closing():
             connection.transport.close()
         return attempt
 
     def close(self) -> None:
+        """Drop every connection; requests in progress end as ``disconnected``, later ones too."""
+        self._closed = True
         for connection in [*self._idle, *self._busy]:
             connection.abort()
         self._idle.clear()

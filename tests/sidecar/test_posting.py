@@ -8,7 +8,9 @@ exactly the one named (a connection closed while idle, a reply with no length, a
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from streamgroup_sidecar import posting
 from streamgroup_sidecar.encoding import Request
 from streamgroup_sidecar.posting import BuiltinDeliverer, ConnectionPool
 from tests.support.apps import RecordingApp
@@ -67,6 +70,11 @@ class RawApp:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
+
+    def stop_listening(self) -> None:
+        """New connections are refused from now on; open ones stay."""
+        assert self._server is not None
+        self._server.close()
 
     async def stop(self) -> None:
         assert self._server is not None
@@ -173,6 +181,56 @@ class TestConnectionsAreKeptAlive:
         assert (result.status, result.error) == (None, "disconnected")
         assert len(app.requests) == 1
 
+    async def test_when_the_retry_after_the_race_cannot_connect_the_attempt_still_counts(
+        self, raw_app: Callable[..., Awaitable[RawApp]]
+    ) -> None:
+        # The app takes the second request and dies with it (it may have crashed on it): that attempt must
+        # count towards --max-deliveries, so it is "disconnected", never "connection" (app down, not counted).
+        async def answer(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+            if len(app.requests) == 2:
+                app.stop_listening()
+                return False
+            writer.write(reply(200))
+            return True
+        app = await raw_app(answer)
+        pool = ConnectionPool(app.url, 5.0, 8)
+        first = await pool.request("POST", request("1-0").headers, b"x")
+        second = await pool.request("POST", request("2-0").headers, b"x")
+        pool.close()
+        assert first.status == 200
+        assert (second.status, second.error) == (None, "disconnected")
+
+    async def test_idle_connections_past_the_idle_limit_are_not_reused(
+        self, raw_app: Callable[..., Awaitable[RawApp]], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(posting, "IDLE_LIMIT", 0.05)
+        app = await raw_app(answering(reply(200)))
+        pool = ConnectionPool(app.url, 5.0, 8)
+        quick = [(await pool.request("POST", request().headers, b"x")).status for _ in range(3)]
+        await asyncio.sleep(0.1)
+        late = await pool.request("POST", request().headers, b"x")
+        pool.close()
+        assert quick == [200] * 3 and late.status == 200
+        assert app.connections == 2
+
+    async def test_bytes_from_the_app_between_requests_drop_the_connection(
+        self, raw_app: Callable[..., Awaitable[RawApp]]
+    ) -> None:
+        async def chatty(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+            writer.write(reply(200))
+            if seen.connection == 1:
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                writer.write(reply(500))  # a reply to nothing: the connection can no longer be trusted
+            return True
+        app = await raw_app(chatty)
+        pool = ConnectionPool(app.url, 5.0, 8)
+        first = await pool.request("POST", request().headers, b"x")
+        await asyncio.sleep(0.2)
+        second = await pool.request("POST", request().headers, b"x")
+        pool.close()
+        assert (first.status, second.status) == (200, 200) and app.connections == 2
+
     async def test_connection_close_in_a_reply_is_honoured(self, raw_app: Callable[..., Awaitable[RawApp]]) -> None:
         app = await raw_app(answering(reply(200, b"", "Connection: close")))
         pool = ConnectionPool(app.url, 5.0, 8)
@@ -196,6 +254,25 @@ class TestConnectionsAreKeptAlive:
         pool.close()
         assert late.error == "timeout"
         assert [orjson.loads(r.body)["id"] for r in following] == ["2-0", "3-0"]
+
+    async def test_closing_the_pool_during_a_request_on_a_reused_connection_opens_no_new_one(
+        self, raw_app: Callable[..., Awaitable[RawApp]]
+    ) -> None:
+        async def then_hang(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+            if len(app.requests) > 1:
+                await asyncio.sleep(10)
+            writer.write(reply(200))
+            return True
+        app = await raw_app(then_hang)
+        pool = ConnectionPool(app.url, 30.0, 8)
+        assert (await pool.request("POST", request().headers, b"x")).status == 200
+        pending = asyncio.create_task(pool.request("POST", request().headers, b"x"))
+        await asyncio.sleep(0.1)
+        pool.close()
+        result = await asyncio.wait_for(pending, 2)
+        after = await pool.request("POST", request().headers, b"x")
+        assert result.error == after.error == "disconnected"
+        assert app.connections == 1
 
     async def test_closing_the_pool_while_a_request_waits_ends_the_request(
         self, raw_app: Callable[..., Awaitable[RawApp]]
@@ -233,6 +310,39 @@ class TestReplies:
         result = await pool.request("POST", request().headers, b"x")
         pool.close()
         assert result.status == 200 and orjson.loads(result.body) == {"status": "DROP"}
+
+    async def test_a_reply_without_a_length_cut_by_a_reset_is_a_disconnection(
+        self, raw_app: Callable[..., Awaitable[RawApp]]
+    ) -> None:
+        async def reset(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+            writer.write(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{"status":"RET')
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()  # RST, not FIN: the body is cut, not finished
+            return False
+        app = await raw_app(reset)
+        pool = ConnectionPool(app.url, 5.0, 8)
+        result = await pool.request("POST", request().headers, b"x")
+        pool.close()
+        assert (result.status, result.error) == (None, "disconnected")
+
+    async def test_a_reply_with_a_non_chunked_transfer_encoding_ends_at_the_close(
+        self, raw_app: Callable[..., Awaitable[RawApp]]
+    ) -> None:
+        app = await raw_app(answering(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nfine", keep=False))
+        pool = ConnectionPool(app.url, 5.0, 8)
+        result = await pool.request("POST", request().headers, b"x")
+        pool.close()
+        assert (result.status, result.error) == (200, None)
+
+    async def test_a_switch_of_protocols_is_a_bad_reply(self, raw_app: Callable[..., Awaitable[RawApp]]) -> None:
+        app = await raw_app(answering(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                                      b"Connection: upgrade\r\n\r\n"))
+        pool = ConnectionPool(app.url, 5.0, 8)
+        result = await pool.request("POST", request().headers, b"x")
+        pool.close()
+        assert (result.status, result.error) == (None, "bad-reply")
 
     async def test_a_reply_cut_short_is_a_disconnection(self, raw_app: Callable[..., Awaitable[RawApp]]) -> None:
         app = await raw_app(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"sta", keep=False))
@@ -313,6 +423,10 @@ class TestRequests:
     def test_a_url_that_is_not_http_is_refused(self) -> None:
         with pytest.raises(ValueError, match="not an http"):
             ConnectionPool("ftp://127.0.0.1/", 5.0, 8)
+
+    def test_a_url_whose_path_would_break_the_request_line_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="space or control character"):
+            ConnectionPool("http://127.0.0.1/a b", 5.0, 8)
 
 
 class TestHTTPS:
