@@ -58,9 +58,9 @@ TARGETS = {"per_entry_vs_http": 0.9, "per_entry_vs_naive": 15.0, "batch_vs_redis
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: the whole run in under a minute")
-    parser.add_argument("--entries", type=int, help="entries per sidecar saturation run (30000; quick 2000)")
+    parser.add_argument("--entries", type=int, help="entries per sidecar saturation run (90000; quick 2000)")
     parser.add_argument("--ceiling-entries", type=int, help="entries for the Redis ceiling (200000; quick 10000)")
-    parser.add_argument("--requests", type=int, help="requests per HTTP client run (30000; quick 2000)")
+    parser.add_argument("--requests", type=int, help="requests per HTTP client run (100000; quick 2000)")
     parser.add_argument("--client-seconds", type=float, help="time limit of one HTTP client run (15; quick 2)")
     parser.add_argument("--naive-seconds", type=float, help="duration of the naive loop (8; quick 1)")
     parser.add_argument("--duration", type=float, help="latency run: seconds at --rate (20; quick 3)")
@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args(argv)
     quick = args.quick
-    defaults = {"entries": (30000, 2000), "ceiling_entries": (200000, 10000), "requests": (30000, 2000),
+    defaults = {"entries": (90000, 2000), "ceiling_entries": (200000, 10000), "requests": (100000, 2000),
                 "client_seconds": (15.0, 2.0), "naive_seconds": (8.0, 1.0), "duration": (20.0, 3.0),
                 "warmup": (2.0, 0.5), "repeat": (2, 1)}
     for name, (full, small) in defaults.items():
