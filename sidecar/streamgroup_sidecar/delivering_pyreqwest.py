@@ -2,8 +2,9 @@
 
 pyreqwest (Rust's reqwest) is the fastest general-purpose client measured here, and was the
 default until the built-in client (:mod:`.posting`) cost a third of its CPU per request. It stays
-available for apps that need what the built-in client leaves out (HTTP/2, proxies). A module of
-its own so that pyreqwest and its Tokio runtime are loaded only by the sidecars that choose it.
+available as a general-purpose client (its own TLS stack, a mature HTTP/1.1 implementation) for
+an app the built-in client has trouble with. A module of its own so that pyreqwest and its
+Tokio runtime are loaded only by the sidecars that choose it.
 """
 
 from __future__ import annotations
