@@ -101,6 +101,10 @@ def sidecar_env(spec: Body, health_port: int) -> list[Body]:
         ("SG_HEALTH_PORT", str(health_port)),
         ("SG_SHUTDOWN_GRACE", f"{max(1, _grace_seconds(spec['template']) - 5)}s"),
         ("SG_LOG_LEVEL", spec.get("sidecar", {}).get("logLevel", "info")),
+        # Written only when set, so that Deployments of StreamGroups that do not use them stay as they were.
+        ("SG_BATCH_SIZE", str(delivery["batch"]["size"]) if "batch" in delivery else None),
+        ("SG_BATCH_WAIT", delivery["batch"].get("maxWait", "5ms") if "batch" in delivery else None),
+        ("SG_HTTP_CLIENT", spec.get("sidecar", {}).get("httpClient")),
     ]
     env: list[Body] = [{"name": k, "value": v} for k, v in values if v is not None]
     # The consumer name is the pod's name: stable for the pod's life, unique in the group.

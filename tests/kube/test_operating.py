@@ -119,6 +119,10 @@ class TestValidation:
         ({"delivery": {"deadLetterStream": "dead"}}, "must contain {stream}"),
         ({"delivery": {"timeout": "soon"}}, "should match"),
         ({"deletionPolicy": "Shred"}, "Unsupported value"),
+        ({"delivery": {"batch": {"size": 64}}}, "batch.size must not exceed delivery.maxInFlight"),
+        ({"delivery": {"batch": {"size": 10}, "body": "raw", "bodyField": "p"}}, "batch needs delivery.body json"),
+        ({"delivery": {"batch": {"size": 10, "maxWait": "a while"}}}, "should match"),
+        ({"sidecar": {"httpClient": "curl"}}, "Unsupported value"),
     ])
     def test_invalid_specs_are_rejected_by_the_api_server_with_a_clear_message(
         self, apis: Any, namespace: str, change: dict[str, Any], message: str
@@ -141,6 +145,13 @@ class TestValidation:
         sg = create(apis, namespace, manifest("billing", "redis://r:6379/0", startFrom="$"))
         assert sg["spec"]["deletionPolicy"] == "Retain"
         assert sg["spec"]["replicas"] == 1
+
+    def test_batch_mode_within_max_in_flight_is_accepted_with_its_wait_defaulted(
+        self, apis: Any, namespace: str
+    ) -> None:
+        sg = create(apis, namespace, manifest("billing", "redis://r:6379/0",
+                                              delivery={"maxInFlight": 400, "batch": {"size": 100}}))
+        assert sg["spec"]["delivery"]["batch"] == {"size": 100, "maxWait": "5ms"}
 
 
 class TestAutoscaling:
@@ -361,6 +372,39 @@ class TestEndToEnd:
             for process in sidecars:
                 process.terminate()
             for process in sidecars:
+                process.wait(30)
+                process.cleanup()
+            await app.stop()
+
+
+    async def test_a_batch_mode_streamgroup_delivers_arrays_from_the_env_the_operator_wrote(
+        self, apis: Any, namespace: str, operator: OperatorProcess, redis_server: RedisServer
+    ) -> None:
+        app = await RecordingApp().start()
+        process: SidecarProcess | None = None
+        try:
+            r = redis_server.client()
+            for n in range(500):
+                r.xadd("orders", {"n": str(n)})
+            create(apis, namespace, manifest("billing", redis_server.url, delivery={
+                "port": app.port, "path": "/events", "maxInFlight": 200, "batch": {"size": 50, "maxWait": "20ms"}}))
+            body = await asyncio.to_thread(eventually, lambda: deployment(apis, namespace, "billing"))
+            env = sidecar_env(body, "billing-0", {})
+            env.update({"SG_HEALTH_HOST": "127.0.0.1"})
+            process = SidecarProcess(env)
+            process.env["SG_HEALTH_PORT"] = str(process.health_port)
+            process.start()
+            await asyncio.to_thread(process.wait_ready)
+            await app.wait_until(lambda: sum(len(got.json()) for got in app.succeeded()) >= 500, timeout=60)
+            await asyncio.to_thread(
+                eventually, lambda: (s := get_sg(apis, namespace, "billing")["status"]).get("lag") == 0
+                and s.get("pending") == 0, what="lag and pending 0")
+            sizes = [len(got.json()) for got in app.received]
+            assert sum(sizes) == 500 and max(sizes) <= 50 and len(sizes) <= 50, sizes
+            assert {got.headers["streamgroup-batch-size"] for got in app.received} == {str(n) for n in sizes}
+        finally:
+            if process is not None:
+                process.terminate()
                 process.wait(30)
                 process.cleanup()
             await app.stop()

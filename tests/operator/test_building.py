@@ -56,9 +56,10 @@ class TestTheSidecarContract:
             delivery={"port": 9000, "path": "/events", "healthPath": "/health", "maxInFlight": 64,
                       "timeout": "5s", "maxDeliveries": 4, "deadLetterStream": "dlq:{stream}",
                       "deadLetterStatuses": [422, 400], "orderingField": "account",
-                      "retry": {"initial": "100ms", "max": "10s", "multiplier": 3, "jitter": 0.1}},
+                      "retry": {"initial": "100ms", "max": "10s", "multiplier": 3, "jitter": 0.1},
+                      "batch": {"size": 16, "maxWait": "20ms"}},
             claim={"minIdle": "45s", "interval": "5s"},
-            sidecar={"logLevel": "debug"},
+            sidecar={"logLevel": "debug", "httpClient": "pyreqwest"},
         )
         sg["spec"]["redis"]["username"] = "billing-svc"
         env = sidecar_of(build_deployment(sg, 2, DEFAULTS))["env"]
@@ -83,6 +84,16 @@ class TestTheSidecarContract:
         assert settings.server.port == DEFAULTS.health_port
         assert settings.shutdown.grace == 55.0, "terminationGracePeriodSeconds minus a margin"
         assert settings.log_level == "debug"
+        assert (settings.delivery.batch_size, settings.delivery.batch_wait) == (16, 0.02)
+        assert settings.delivery.http_client == "pyreqwest"
+
+    def test_batch_mode_and_the_client_are_written_only_when_asked_for(self) -> None:
+        # So an operator upgrade does not roll every existing Deployment.
+        plain = {e["name"] for e in sidecar_of(build_deployment(streamgroup(), 1, DEFAULTS))["env"]}
+        assert not plain & {"SG_BATCH_SIZE", "SG_BATCH_WAIT", "SG_HTTP_CLIENT"}
+        env = sidecar_of(build_deployment(streamgroup(delivery={"batch": {"size": 8}}), 1, DEFAULTS))["env"]
+        settings = parse_settings([], as_kubelet_would(env, "p", {("redis-auth", "password"): "pw"}))
+        assert (settings.delivery.batch_size, settings.delivery.batch_wait) == (8, 0.005)
 
     def test_defaults_on_both_sides_agree(self) -> None:
         env = sidecar_of(build_deployment(streamgroup(), 1, DEFAULTS))["env"]
