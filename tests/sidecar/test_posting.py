@@ -8,6 +8,7 @@ exactly the one named (a connection closed while idle, a reply with no length, a
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import ssl
 import struct
@@ -168,6 +169,22 @@ class TestConnectionsAreKeptAlive:
         assert (first.status, second.status) == (200, 200)
         sent = [(s.connection, s.header("streamgroup-id")) for s in app.requests]
         assert sent == [(1, "1-0"), (1, "2-0"), (2, "2-0")]
+
+    async def test_an_app_server_with_a_short_keep_alive_gets_every_request_once(self) -> None:
+        # aiohttp's server closing idle connections after 0.1 s, requests about every 0.1 s: the races are real.
+        app = await RecordingApp(keepalive_timeout=0.1).start()
+        pool = ConnectionPool(app.url, 5.0, 8)
+        rng = random.Random(7)
+        results = []
+        try:
+            for n in range(30):
+                results.append(await pool.request("POST", request(f"{n}-0").headers, b"{}"))
+                await asyncio.sleep(rng.uniform(0.08, 0.12))
+        finally:
+            pool.close()
+            await app.stop()
+        assert [(r.status, r.error) for r in results] == [(204, None)] * 30
+        assert sorted(got.headers["streamgroup-id"] for got in app.received) == sorted(f"{n}-0" for n in range(30))
 
     async def test_a_fresh_connection_that_dies_before_the_reply_is_a_disconnection_not_retried(
         self, raw_app: Callable[..., Awaitable[RawApp]]

@@ -50,8 +50,10 @@ def accept(_: Received) -> web.StreamResponse:
 class RecordingApp:
     """Listens on 127.0.0.1; ``behaviour`` decides each reply (default: 204)."""
 
-    def __init__(self, behaviour: Behaviour = accept, port: int | None = None) -> None:
+    def __init__(self, behaviour: Behaviour = accept, port: int | None = None, keepalive_timeout: float = 75.0) -> None:
+        """``keepalive_timeout``: seconds an idle connection stays open (aiohttp's default is 75)."""
         self.behaviour = behaviour
+        self.keepalive_timeout = keepalive_timeout
         self.port = port or free_port()
         self.received: list[Received] = []
         self.answered: list[tuple[Received, int]] = []
@@ -75,7 +77,8 @@ class RecordingApp:
     async def start(self, ssl_context: ssl.SSLContext | None = None) -> RecordingApp:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5,
+                                     keepalive_timeout=self.keepalive_timeout)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=ssl_context).start()
         return self
