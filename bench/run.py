@@ -302,7 +302,7 @@ def build_table(bench: Bench) -> tuple[list[list[str]], dict[str, Any]]:
             if "error" not in s["batch"]:
                 rows.append(["  CPU (cores): sidecar / sink / redis",
                              f"{s['batch']['sidecar_cpu']:.2f} / {s['batch']['sink_cpu']:.2f} / "
-                             f"{s['batch']['redis_cpu']:.2f}", f"{b / side:.1f}x per-entry", "", ""])
+                             f"{s['batch']['redis_cpu']:.2f}", f"{b / side:.1f}x the per-entry rate", "", ""])
     scale_keys = [n for n in bench.scale if (n == 1 and "sidecar" in s) or f"scale:{n}" in s]
     for n in scale_keys:
         key = "sidecar" if n == 1 and "scale:1" not in s else f"scale:{n}"
