@@ -165,7 +165,8 @@ def latency(redis: RedisServer, sink: Sink, rate: float, seconds: float, warmup:
         produced = time.perf_counter() - started
         cpu = sidecar.proc.cpu_seconds() - cpu
         sink_cpu, redis_cpu = sink.proc.cpu_seconds() - sink_cpu, redis.proc.cpu_seconds() - redis_cpu
-        wait_until(lambda: sink.stats()["latencies"] >= total, 30.0, "every entry received", sidecar.proc)
+        # The sink keeps at most MAX_LATENCIES samples (the first ones): count entries, not samples.
+        wait_until(lambda: sink.stats()["entries"] >= total, 30.0, "every entry received", sidecar.proc)
         lat_ms = [us / 1000 for us in sink.latencies_us()[skip:]]
         return {
             "entries": total, "measured": len(lat_ms), "rate": total / produced,
