@@ -96,6 +96,11 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def expire(self) -> None:
+        """The request's deadline passed: report a timeout and drop the connection (its reply may still come)."""
+        self._resolve(_TIMEOUT)
+        self.abort()
+
     def _resolve(self, attempt: Attempt) -> None:
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
@@ -169,11 +174,6 @@ class _Connection(asyncio.Protocol):
                               content_type=self._content_type, retry_after=self._retry_after))
 
 
-def _expire(connection: _Connection) -> None:
-    connection._resolve(_TIMEOUT)
-    connection.abort()
-
-
 class ConnectionPool:
     """Requests to one origin (scheme, host, port), on a pool of keep-alive connections."""
 
@@ -217,19 +217,24 @@ class ConnectionPool:
         if self._closed:
             return _DISCONNECTED
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout
-        connection = self._take_idle(loop.time())
-        if connection is not None:
-            attempt = await self._exchange(loop, connection, data, deadline)
-            if attempt is not _DISCONNECTED or connection.received or self._closed:
-                return attempt
-            # The app had closed it while it sat idle (or crashed on this very request): once more, on a
-            # fresh connection; if none can be made, the attempt still counts (it is not "connection").
-            fresh = await self._connect(loop, deadline)
-            return await self._exchange(loop, fresh, data, deadline) if isinstance(fresh, _Connection) else (
-                _DISCONNECTED if fresh is _CONNECTION else fresh)
-        fresh = await self._connect(loop, deadline)
-        return await self._exchange(loop, fresh, data, deadline) if isinstance(fresh, _Connection) else fresh
+        now = loop.time()
+        deadline = now + self._timeout
+        connection = self._take_idle(now)
+        if connection is None:
+            return await self._on_fresh_connection(loop, data, deadline)
+        attempt = await self._exchange(loop, connection, data, deadline)
+        if attempt is not _DISCONNECTED or connection.received or self._closed:
+            return attempt
+        # The app had closed it while it sat idle (or crashed on this very request): once more, on a
+        # fresh connection; if none can be made, the attempt still counts (it is not "connection").
+        attempt = await self._on_fresh_connection(loop, data, deadline)
+        return _DISCONNECTED if attempt is _CONNECTION else attempt
+
+    async def _on_fresh_connection(self, loop: asyncio.AbstractEventLoop, data: bytes, deadline: float) -> Attempt:
+        connection = await self._connect(loop, deadline)
+        if isinstance(connection, Attempt):
+            return connection  # could not connect
+        return await self._exchange(loop, connection, data, deadline)
 
     async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection | Attempt:
         try:
@@ -261,7 +266,7 @@ class ConnectionPool:
     async def _exchange(self, loop: asyncio.AbstractEventLoop, connection: _Connection, data: bytes,
                         deadline: float) -> Attempt:
         waiter: asyncio.Future[Attempt] = loop.create_future()
-        timer = loop.call_at(deadline, _expire, connection)
+        timer = loop.call_at(deadline, connection.expire)
         self._busy.add(connection)
         try:
             connection.send(data, waiter)
