@@ -61,7 +61,17 @@ class TestCrashedConsumers:
         try:
             victim.start()
             survivor.start()
-            await app.wait_until(lambda: len(app.received) >= total // 4, timeout=120)
+            # Both must be delivering before the kill: the survivor alone can pass a quarter of the
+            # stream while the victim is still importing, and a victim with nothing pending proves nothing.
+            seen = {"scanned": 0, "victim": 0}
+
+            def both_delivering() -> bool:
+                fresh = app.received[seen["scanned"]:]
+                seen["scanned"] += len(fresh)
+                seen["victim"] += sum(r.headers["streamgroup-consumer"] == "victim" for r in fresh)
+                return seen["scanned"] >= total // 4 and seen["victim"] >= window
+
+            await app.wait_until(both_delivering, timeout=120)
             victim.kill()
             killed_at = len(app.received)
             await app.wait_until(lambda: {r.id for r in app.succeeded()} >= ids, timeout=180)
