@@ -122,6 +122,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.connect_timeout = 10
     settings.posting.level = logging.WARNING
     settings.batching.error_delays = (1, 2, 5, 10, 20, 30, 60)
+    # A StreamGroup deleted while its resync timer is running keeps its finalizer until kopf sees
+    # the timer stopped, and kopf looks again only after this many seconds (60 by default) unless
+    # another event comes: deletions then hung for a minute now and then.
+    settings.background.cancellation_polling = 1
     applying.load_config()
     if "state" not in memo:
         memo["state"] = State(settings=SETTINGS, metrics=OperatorMetrics(CollectorRegistry()))
