@@ -124,14 +124,18 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
-        if self._waiter is None:
-            return
-        if exc is None and self._status >= 200 and not self._sized:
-            # No Content-Length and not chunked: the reply ends when the app closes the connection
-            # (cleanly: after a reset the body may be cut short).
-            self._complete()
-        else:
-            self._resolve(_DISCONNECTED)
+        if self._waiter is not None:
+            if exc is None and self._status >= 200 and not self._sized:
+                # No Content-Length and not chunked: the reply ends when the app closes the connection
+                # (cleanly: after a reset the body may be cut short).
+                self._complete()
+            else:
+                self._resolve(_DISCONNECTED)
+        # The parser holds this protocol's bound methods: a reference cycle that only the cyclic
+        # collector frees, and it runs seldom (see __main__._tune_gc). Connections come and go for
+        # the life of the sidecar (idle ones expire), so break the cycle here and let reference
+        # counting free them at once. Nothing reaches the parser after connection_lost.
+        del self._parser
 
     # --- httptools callbacks ---------------------------------------------------------------
 

@@ -8,10 +8,12 @@ exactly the one named (a connection closed while idle, a reply with no length, a
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import socket
 import ssl
 import struct
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -304,6 +306,35 @@ class TestConnectionsAreKeptAlive:
         pool.close()
         result = await asyncio.wait_for(pending, 2)
         assert result.error == "disconnected"
+
+    async def test_connections_that_closed_are_freed_at_once_without_the_cyclic_collector(
+        self, raw_app: Callable[..., Awaitable[RawApp]], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The sidecar runs the cyclic collector seldom (__main__._tune_gc): a closed connection kept
+        # alive by a reference cycle would add to its memory for minutes (issue 7's slow RSS rise).
+        app = await raw_app(answering(reply(200), keep=False))  # the app closes after every reply
+        pool = ConnectionPool(app.url, 5.0, 8)
+        made: list[weakref.ref[posting._Connection]] = []
+        new_connection = pool._new_connection
+
+        def tracked() -> posting._Connection:
+            connection = new_connection()
+            made.append(weakref.ref(connection))
+            return connection
+        monkeypatch.setattr(pool, "_new_connection", tracked)
+        gc.collect()
+        gc.disable()
+        try:
+            for n in range(10):
+                assert (await pool.request("POST", request(f"{n}-0").headers, b"x")).status == 200
+            await asyncio.sleep(0.05)  # connection_lost of the last one
+            pool.close()
+            await asyncio.sleep(0.05)
+            alive = sum(ref() is not None for ref in made)
+        finally:
+            gc.enable()
+        assert len(made) == 10
+        assert alive == 0
 
 
 class TestReplies:
