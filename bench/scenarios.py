@@ -177,6 +177,8 @@ def latency(redis: RedisServer, sink: Sink, rate: float, seconds: float, warmup:
             # Leak check for long runs (--duration 300): the first and the last ten samples.
             "rss_first_mb": statistics.median(rss[:10]) if rss else float("nan"),
             "rss_last_mb": statistics.median(rss[-10:]) if rss else float("nan"),
+            # The shape of a long run: the median of each minute's samples.
+            "rss_per_minute_mb": [round(statistics.median(rss[i:i + 60]), 2) for i in range(0, len(rss), 60)],
             "sidecar_cpu": cpu / produced, "sink_cpu": sink_cpu / produced, "redis_cpu": redis_cpu / produced,
         }
     finally:
