@@ -64,8 +64,7 @@ def operator(kubeconfig: Path, namespace: str, streamgroup_crd: None) -> Iterato
         yield process
     finally:
         # pytest shows captured output only for a failed test: the operator's side of it.
-        print("operator log (end):\n" + "\n".join(
-            [line for line in process.logs().splitlines() if "Timer 'resync' succeeded" not in line][-100:]))
+        print("operator log (end):\n" + process.tail(100))
         process.stop()
 
 

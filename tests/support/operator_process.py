@@ -58,6 +58,11 @@ class OperatorProcess:
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def tail(self, count: int) -> str:
+        """The last ``count`` lines of the log, without the resync timer's routine successes."""
+        lines = [line for line in self.logs().splitlines() if "Timer 'resync' succeeded" not in line]
+        return "\n".join(lines[-count:])
+
     def stop(self) -> int | None:
         if self.process is None:
             return None
