@@ -38,7 +38,7 @@ async def _collect_on_a_clock(interval: float) -> None:
     often, but at a few hundred entries a second the first young collection can take hours, and
     cyclic garbage made meanwhile (a dropped connection, a failure's traceback) would hold memory
     that long. After the freeze a full collection only walks what was allocated since start-up:
-    0.3 to 0.5 ms measured, at 1,000 entries/s and at saturation (docs/performance.md).
+    0.3 to 0.6 ms measured, at 1,000 entries/s and at saturation (docs/performance.md).
     """
     while True:
         await asyncio.sleep(interval)
@@ -56,10 +56,10 @@ def _tune_gc() -> None:
     them. With the default thresholds the collector still runs every 700 allocations and walks
     every object the imports left behind; in batch mode that was a tenth of the CPU
     (docs/performance.md). Objects alive after start-up are frozen out of its walks, and young
-    collections run every 50,000 allocations instead of 700. Full collections stay frequent
-    under load (every ten million allocations, minutes at saturation) so that cyclic garbage (tracebacks, futures)
-    never piles up: after the freeze they only walk what was allocated since. At low rates
-    allocations are few, so :func:`_collect_on_a_clock` collects on a clock as well.
+    collections run every 50,000 allocations instead of 700. Under load full collections stay
+    frequent (every ten million allocations, minutes at saturation) so that cyclic garbage
+    (tracebacks, futures) never piles up: after the freeze they only walk what was allocated
+    since. At low rates allocations are few, so :func:`_collect_on_a_clock` collects as well.
     """
     gc.collect()
     gc.freeze()
