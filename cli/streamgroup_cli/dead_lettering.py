@@ -15,7 +15,6 @@ cannot empty the source stream.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,14 +22,13 @@ from typing import Any, TextIO
 
 import redis
 
+from streamgroup_core.deadletters import META_FIELDS, source_of, split_fields
+
 from . import CLIError
 from .parsing import format_id, next_id, parse_id
 from .reading import Entry, count, entries, entry, is_stream, last_id, require_stream
 from .rendering import fields_json, iso_ms, shorten, text, write_json_line, write_table
 from .targeting import Target
-
-META = ("sg:stream", "sg:id", "sg:group", "sg:consumer", "sg:deliveries", "sg:reason", "sg:detail", "sg:time")
-_META = frozenset(name.encode() for name in META)
 
 # KEYS: dead-letter stream, destination. ARGV: dead letter ID, then the metadata field names.
 # Returns the new ID, 0 when the dead letter has no original fields, nil when it is gone.
@@ -89,15 +87,8 @@ class DeadLetter:
 
 def split(item: Entry) -> DeadLetter:
     """Metadata (the leading ``sg:`` fields, each once) apart from the original fields."""
-    meta: dict[str, bytes] = {}
-    position = 0
-    while position < len(item.fields) and item.fields[position][0] in _META:
-        name = item.fields[position][0].decode()
-        if name in meta:
-            break
-        meta[name] = item.fields[position][1]
-        position += 1
-    return DeadLetter(item.id, meta, item.fields[position:])
+    meta, original = split_fields(item.fields)
+    return DeadLetter(item.id, meta, original)
 
 
 def _looks_dead(client: redis.Redis, key: str) -> bool | None:
@@ -121,9 +112,8 @@ def dead_letter_streams(client: redis.Redis, key: str | None, target: Target) ->
     looks_dead = _looks_dead(client, key)
     if looks_dead is not None:
         return [key] if looks_dead else [target.dead_letter_stream(key)]
-    prefix, _, suffix = target.dead_letter_template.partition("{stream}")
-    pattern = re.escape(prefix) + ".+" + re.escape(suffix)
-    return [key] if re.fullmatch(pattern, key) else [target.dead_letter_stream(key)]
+    is_dead_letter_stream = source_of(target.dead_letter_template, key) is not None
+    return [key] if is_dead_letter_stream else [target.dead_letter_stream(key)]
 
 
 # -- list ---------------------------------------------------------------------------------------------------
@@ -243,7 +233,7 @@ def redrive(client: redis.Redis, dlq: str, ids: Sequence[str] | None, to: str | 
     script = client.register_script(_REDRIVE_SCRIPT)
     for entry_id, destination in plan:
         try:
-            outcome = script(keys=[dlq, destination], args=[entry_id, *META])
+            outcome = script(keys=[dlq, destination], args=[entry_id, *META_FIELDS])
         except redis.RedisError as exc:
             raise CLIError(f"Redis error after re-driving {result.total} dead letters (each one either moved or "
                            f"still in {dlq}): {exc}") from None

@@ -17,10 +17,6 @@ import base64
 import binascii
 import contextlib
 import os
-import re
-import ssl
-import tempfile
-import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,97 +24,67 @@ from typing import Any
 
 import redis
 
-from streamgroup_operator.grouping import Connection  # the operator resolves a StreamGroup the same way
+from streamgroup_core.connecting import DEFAULT_URL, Endpoint, sync_client
+from streamgroup_core.deadletters import DEFAULT_TEMPLATE, dead_letter_key
+from streamgroup_core.redaction import hide_url_passwords
+from streamgroup_core.redaction import redact as redact_secrets
+from streamgroup_core.spec import API_GROUP, API_VERSION, PLURAL, SecretMissing, SpecError, parse_resource
 
 from . import CLIError
 from .reading import prepare
 
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
-DEFAULT_DEAD_LETTER_STREAM = "{stream}:dead"
-API_GROUP, API_VERSION, PLURAL = "streamgroup.io", "v1alpha1", "streamgroups"
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z]+://[^/@:\s]*):[^/@\s]*@", re.IGNORECASE)
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 @dataclass(frozen=True)
 class Target:
-    connection: Connection
+    connection: Endpoint
     label: str
     """How messages name the target: ``StreamGroup shop/orders`` or the URL without its password."""
     streams: tuple[str, ...] = ()
     group: str | None = None
-    dead_letter_template: str = DEFAULT_DEAD_LETTER_STREAM
+    dead_letter_template: str = DEFAULT_TEMPLATE
 
     def dead_letter_stream(self, stream: str) -> str:
-        return self.dead_letter_template.replace("{stream}", stream)
+        return dead_letter_key(self.dead_letter_template, stream)
 
     @property
     def dead_letter_streams(self) -> tuple[str, ...]:
         return tuple(self.dead_letter_stream(stream) for stream in self.streams)
 
 
-def hide_password(url: str) -> str:
-    return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}:***@", url)
-
-
 def url_target(url: str | None, env: Mapping[str, str]) -> Target:
     """``url``, else ``$SG_REDIS_URL``, else localhost; ``$SG_REDIS_PASSWORD``/``$SG_REDIS_USERNAME`` log in."""
     chosen = url or env.get("SG_REDIS_URL") or DEFAULT_URL
     username, password = env.get("SG_REDIS_USERNAME") or None, env.get("SG_REDIS_PASSWORD") or None
-    return Target(Connection(chosen, username=username, password=password), label=hide_password(chosen))
+    return Target(Endpoint(chosen, username=username, password=password), label=hide_url_passwords(chosen))
 
 
 def with_url(target: Target, url: str) -> Target:
     """The StreamGroup's streams and credentials, through another address (e.g. a port-forward)."""
-    label = f"{target.label} via {hide_password(url)}"
+    label = f"{target.label} via {hide_url_passwords(url)}"
     return replace(target, connection=replace(target.connection, url=url), label=label)
 
 
 # -- StreamGroup resources ----------------------------------------------------------------------------------
 
 
-def _where(resource: Mapping[str, Any]) -> tuple[str, str]:
-    meta = resource.get("metadata") or {}
-    return str(meta.get("namespace") or "default"), str(meta.get("name") or "?")
-
-
 def secrets_needed(resource: Mapping[str, Any]) -> list[str]:
     """Names of the Secrets (in the resource's namespace) that :func:`streamgroup_target` will read."""
-    redis_spec = (resource.get("spec") or {}).get("redis") or {}
-    tls = redis_spec.get("tls") or {}
-    refs = [redis_spec.get("passwordSecretRef"), tls.get("caSecretRef"), tls.get("clientCertSecretRef")]
-    names: list[str] = []
-    for ref in refs:
-        if isinstance(ref, Mapping) and isinstance(ref.get("name"), str) and ref["name"] not in names:
-            names.append(ref["name"])
-    return names
-
-
-def _secret_value(
-    resource: Mapping[str, Any], secrets: Mapping[str, Mapping[str, str] | None], name: str, key: str
-) -> bytes:
-    namespace, _ = _where(resource)
-    data = secrets.get(name)
-    if data is None:
-        raise CLIError(f"Secret {namespace}/{name} not found")
-    if key not in data:
-        raise CLIError(f"Secret {namespace}/{name} has no key {key!r}")
     try:
-        return base64.b64decode(data[key], validate=True)
-    except (binascii.Error, ValueError):
-        raise CLIError(f"Secret {namespace}/{name} key {key!r} is not valid base64") from None
+        return parse_resource(resource).redis.secret_names()
+    except SpecError as exc:
+        raise CLIError(str(exc)) from None
 
 
-def redis_url(redis_spec: Mapping[str, Any]) -> str:
-    """The URL from ``spec.redis`` (``url``, or ``host``/``port``/``db``), ``rediss://`` when TLS is on."""
-    tls = bool((redis_spec.get("tls") or {}).get("enabled"))
-    if redis_spec.get("url"):
-        url = str(redis_spec["url"])
-        return "rediss://" + url[len("redis://"):] if tls and url.startswith("redis://") else url
-    host = redis_spec.get("host")
-    if not host:
-        raise CLIError("spec.redis has neither url nor host")
-    return f"{'rediss' if tls else 'redis'}://{host}:{redis_spec.get('port', 6379)}/{redis_spec.get('db', 0)}"
+def _decoded(namespace: str, name: str, data: Mapping[str, str]) -> dict[str, bytes]:
+    decoded = {}
+    for key, value in data.items():
+        try:
+            decoded[key] = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise CLIError(f"Secret {namespace}/{name} key {key!r} is not valid base64") from None
+    return decoded
 
 
 def streamgroup_target(resource: Mapping[str, Any], secrets: Mapping[str, Mapping[str, str] | None]) -> Target:
@@ -128,43 +94,16 @@ def streamgroup_target(resource: Mapping[str, Any], secrets: Mapping[str, Mappin
     :func:`secrets_needed` to its ``data`` (values base64-encoded, as the API returns them), or to ``None``
     if it does not exist.
     """
-    namespace, name = _where(resource)
-    where = f"StreamGroup {namespace}/{name}"
-    spec = resource.get("spec")
-    if not isinstance(spec, Mapping) or not isinstance(spec.get("redis"), Mapping):
-        raise CLIError(f"{where} has no spec.redis")
-    redis_spec: Mapping[str, Any] = spec["redis"]
-    streams = spec.get("streams")
-    if not isinstance(streams, list) or not streams or not all(isinstance(s, str) and s for s in streams):
-        raise CLIError(f"{where} has no spec.streams")
-    group = spec.get("group")
-    if not isinstance(group, str) or not group:
-        raise CLIError(f"{where} has no spec.group")
+    meta = resource.get("metadata") or {}
+    namespace, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "?")
     try:
-        url = redis_url(redis_spec)
-    except CLIError as exc:
-        raise CLIError(f"{where}: {exc}") from None
-
-    password = None
-    if ref := redis_spec.get("passwordSecretRef"):
-        key = ref.get("key") or "password"
-        raw = _secret_value(resource, secrets, ref["name"], key)
-        try:
-            password = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise CLIError(f"Secret {namespace}/{ref['name']} key {key!r} is not UTF-8 text") from None
-    tls = redis_spec.get("tls") or {}
-    ca = cert = private_key = None
-    if ref := tls.get("caSecretRef"):
-        ca = _secret_value(resource, secrets, ref["name"], ref.get("key") or "ca.crt")
-    if ref := tls.get("clientCertSecretRef"):
-        cert = _secret_value(resource, secrets, ref["name"], "tls.crt")
-        private_key = _secret_value(resource, secrets, ref["name"], "tls.key")
-
-    template = str((spec.get("delivery") or {}).get("deadLetterStream") or DEFAULT_DEAD_LETTER_STREAM)
-    connection = Connection(url, username=redis_spec.get("username") or None, password=password,
-                            ca_pem=ca, client_cert_pem=cert, client_key_pem=private_key)
-    return Target(connection, label=where, streams=tuple(streams), group=group, dead_letter_template=template)
+        spec = parse_resource(resource)
+        decoded = {key: None if data is None else _decoded(namespace, key, data) for key, data in secrets.items()}
+        endpoint = spec.redis.endpoint(namespace, decoded)
+    except (SpecError, SecretMissing) as exc:
+        raise CLIError(str(exc)) from None
+    return Target(endpoint, label=f"StreamGroup {namespace}/{name}", streams=spec.streams, group=spec.group,
+                  dead_letter_template=spec.delivery.dead_letter_stream)
 
 
 def load_streamgroup(
@@ -236,45 +175,17 @@ def _api_client(config: Any, kubeconfig: str | None, context: str | None) -> tup
 
 @contextlib.contextmanager
 def connected(target: Target) -> Iterator[redis.Redis]:
-    """A synchronous client for the target, closed (and any TLS key file removed) on exit."""
-    conn = target.connection
-    kwargs: dict[str, Any] = {"socket_connect_timeout": 5, "socket_timeout": 30}
-    if conn.username:
-        kwargs["username"] = conn.username
-    if conn.password:
-        kwargs["password"] = conn.password
-    with contextlib.ExitStack() as stack:
-        if conn.url.startswith("rediss://"):
-            kwargs["ssl_cert_reqs"] = ssl.CERT_REQUIRED
-            if conn.ca_pem:
-                kwargs["ssl_ca_data"] = conn.ca_pem.decode()
-            if conn.client_cert_pem and conn.client_key_pem:
-                # The ssl module loads client certificates from files only.
-                folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sg-tls-")))
-                (folder / "tls.key").touch(mode=0o600)
-                (folder / "tls.key").write_bytes(conn.client_key_pem)
-                (folder / "tls.crt").write_bytes(conn.client_cert_pem)
-                kwargs["ssl_certfile"], kwargs["ssl_keyfile"] = str(folder / "tls.crt"), str(folder / "tls.key")
-        try:
-            client = redis.Redis.from_url(conn.url, **kwargs)
-        except ValueError as exc:
-            raise CLIError(f"bad Redis URL {hide_password(conn.url)!r}: {exc}") from None
-        try:
-            yield prepare(client)
-        finally:
-            client.close()
+    """A synchronous client for the target, closed on exit."""
+    try:
+        client = sync_client(target.connection, socket_timeout=30)
+    except ValueError as exc:
+        raise CLIError(f"bad Redis URL {target.connection.label!r}: {exc}") from None
+    try:
+        yield prepare(client)
+    finally:
+        client.close()
 
 
 def redact(message: str, target: Target | None) -> str:
     """``message`` without the target's password or any password inside a URL."""
-    message = hide_password(message)
-    if target is None:
-        return message
-    try:
-        in_url = urllib.parse.urlsplit(target.connection.url).password
-    except ValueError:
-        in_url = None
-    for password in (target.connection.password, in_url and urllib.parse.unquote(in_url), in_url):
-        if password and len(password) >= 3:
-            message = message.replace(password, "***")
-    return message
+    return redact_secrets(message, target.connection.secrets if target is not None else ())

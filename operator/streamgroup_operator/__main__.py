@@ -6,7 +6,7 @@ import sys
 
 import kopf
 
-from streamgroup_sidecar import logs
+from streamgroup_core import logs
 
 from .config import ConfigError, from_environ
 

@@ -16,13 +16,11 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from .building import GROUP, PLURAL, VERSION, selector_string
+from streamgroup_core.spec import API_GROUP, API_VERSION, PLURAL
+
+from .building import selector_string
 
 FIELD_MANAGER = "streamgroup-operator"
-
-
-class SecretMissing(LookupError):
-    """A Secret or key the StreamGroup refers to does not exist (message names it, never its value)."""
 
 
 def _plain(obj: Any) -> dict[str, Any]:
@@ -84,18 +82,16 @@ async def live_pod_names(namespace: str, name: str) -> set[str]:
     return await asyncio.to_thread(call)
 
 
-async def read_secret_value(namespace: str, name: str, key: str) -> bytes:
-    def call() -> bytes:
+async def read_secret_data(namespace: str, name: str) -> dict[str, bytes] | None:
+    """The decoded data of a Secret, or ``None`` if it does not exist."""
+    def call() -> dict[str, bytes] | None:
         try:
             secret = k8s.CoreV1Api().read_namespaced_secret(name, namespace)
         except ApiException as exc:
             if exc.status == 404:
-                raise SecretMissing(f"Secret {namespace}/{name} not found") from None
+                return None
             raise
-        data = secret.data or {}
-        if key not in data:
-            raise SecretMissing(f"Secret {namespace}/{name} has no key {key!r}")
-        return base64.b64decode(data[key])
+        return {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
 
     return await asyncio.to_thread(call)
 
@@ -105,8 +101,8 @@ async def list_streamgroups(namespaces: tuple[str, ...]) -> list[dict[str, Any]]
     def call() -> list[dict[str, Any]]:
         api: Any = k8s.CustomObjectsApi()
         if not namespaces:
-            return list(api.list_cluster_custom_object(GROUP, VERSION, PLURAL).get("items", []))
+            return list(api.list_cluster_custom_object(API_GROUP, API_VERSION, PLURAL).get("items", []))
         return [item for ns in namespaces
-                for item in api.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL).get("items", [])]
+                for item in api.list_namespaced_custom_object(API_GROUP, API_VERSION, ns, PLURAL).get("items", [])]
 
     return await asyncio.to_thread(call)

@@ -58,12 +58,16 @@ def readiness(by_type: dict[str, dict[str, Any]]) -> Condition:
 
 
 def merge(
-    previous: list[dict[str, Any]], updates: list[Condition], generation: int, now: datetime | None = None
+    previous: list[dict[str, Any]], updates: list[Condition], generation: int, now: datetime | None = None,
+    ready: Condition | None = None,
 ) -> list[dict[str, Any]]:
-    """New conditions list: ``updates`` applied over ``previous``, with ``Ready`` derived from the rest."""
+    """New conditions list: ``updates`` applied over ``previous``, with ``Ready`` derived from the rest.
+
+    ``ready`` replaces the derived one, for what no other condition covers (a spec that cannot be used).
+    """
     stamp = now_text(now)
     by_type = {c["type"]: dict(c) for c in previous}
     for update in updates:
         _apply(by_type, update, generation, stamp)
-    _apply(by_type, readiness(by_type), generation, stamp)
+    _apply(by_type, ready or readiness(by_type), generation, stamp)
     return [by_type[t] for t in ORDER if t in by_type] + [c for t, c in by_type.items() if t not in ORDER]

@@ -8,53 +8,20 @@ bound is reported as the bound (a lower bound: never more scaling than the data 
 
 from __future__ import annotations
 
-import ssl
-import tempfile
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from streamgroup_sidecar import consuming
-from streamgroup_sidecar.ids import start_position
+from streamgroup_core import groups
+from streamgroup_core.connecting import Endpoint, async_client
+from streamgroup_core.groups import text as _text
 
 LAG_COUNT_BOUND = 10_000
 
 
-@dataclass(frozen=True)
-class Connection:
-    """How to reach one StreamGroup's Redis; secrets are values here, never logged."""
-
-    url: str
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    ca_pem: bytes | None = field(default=None, repr=False)
-    client_cert_pem: bytes | None = field(default=None, repr=False)
-    client_key_pem: bytes | None = field(default=None, repr=False)
-    server_name: str | None = None
-
-
-def connect(conn: Connection) -> aioredis.Redis:
-    kwargs: dict[str, Any] = {"socket_connect_timeout": 5.0, "socket_timeout": 10.0, "retry_on_timeout": False}
-    if conn.username:
-        kwargs["username"] = conn.username
-    if conn.password:
-        kwargs["password"] = conn.password
-    if conn.url.startswith("rediss://"):
-        kwargs["ssl_cert_reqs"] = ssl.CERT_REQUIRED
-        if conn.ca_pem:
-            kwargs["ssl_ca_data"] = conn.ca_pem.decode()
-        if conn.client_cert_pem and conn.client_key_pem:
-            # The ssl module loads client certificates from files only.
-            folder = Path(tempfile.mkdtemp(prefix="sg-tls-"))
-            (folder / "tls.crt").write_bytes(conn.client_cert_pem)
-            (folder / "tls.key").write_bytes(conn.client_key_pem)
-            (folder / "tls.key").chmod(0o600)
-            kwargs["ssl_certfile"] = str(folder / "tls.crt")
-            kwargs["ssl_keyfile"] = str(folder / "tls.key")
-    return consuming.client_from_url(conn.url, conn.server_name, **kwargs)
+def connect(endpoint: Endpoint) -> aioredis.Redis:
+    return async_client(endpoint, socket_timeout=10.0)
 
 
 @dataclass(frozen=True)
@@ -103,12 +70,13 @@ class GroupStats:
         return sum(s.dead_letters for s in self.streams)
 
 
-async def ensure_group(client: aioredis.Redis, streams: list[str], group: str, start_from: str) -> list[str]:
-    """Create the group where missing (with MKSTREAM); returns the streams where it was created."""
-    start = start_position(start_from)
+async def ensure_group(client: aioredis.Redis, streams: list[str], group: str, start: str) -> list[str]:
+    """Create the group where missing (with MKSTREAM) at ``start`` (an ID, ``$`` or ``0``).
+
+    Returns the streams where it was created."""
     created = []
     for stream in streams:
-        if await consuming.ensure_group(client, stream, group, start):
+        if await groups.ensure_group(client, stream, group, start):
             created.append(stream)
     return created
 
@@ -133,7 +101,7 @@ async def bounded_lag(client: aioredis.Redis, stream: str, last_delivered: str) 
 async def measure(client: aioredis.Redis, streams: list[str], group: str, dead_letter_streams: list[str]) -> GroupStats:
     results = []
     for stream, dead in zip(streams, dead_letter_streams, strict=True):
-        info = await consuming.group_info(client, stream, group)
+        info = await groups.group_info(client, stream, group)
         dead_letters = int(await client.xlen(dead))
         if info is None:
             results.append(StreamStats(stream, False, None, 0, None, {}, dead_letters))
@@ -145,7 +113,7 @@ async def measure(client: aioredis.Redis, streams: list[str], group: str, dead_l
         consumers = {_text(r["name"]): (int(r["pending"]), int(r["idle"])) for r in rows}
         results.append(StreamStats(
             stream=stream, exists=True, lag=int(lag), pending=int(info.get("pending") or 0),
-            oldest_pending_age_seconds=await consuming.oldest_pending_age(client, stream, group),
+            oldest_pending_age_seconds=await groups.oldest_pending_age(client, stream, group),
             consumers=consumers, dead_letters=dead_letters,
             entries_read=int(info["entries-read"]) if isinstance(info.get("entries-read"), int) else None,
         ))
@@ -177,13 +145,9 @@ async def clean_consumers(
             if pending:
                 if not alive_here:
                     continue  # nobody to give them to yet: keep the consumer and its entries
-                while ids := await consuming.own_pending_ids(client, stream_stats.stream, group, name, 1000):
-                    handed += await consuming.hand_over(client, stream_stats.stream, group, alive_here[0], ids,
+                while ids := await groups.own_pending_ids(client, stream_stats.stream, group, name, 1000):
+                    handed += await groups.hand_over(client, stream_stats.stream, group, alive_here[0], ids,
                                                         claim_min_idle_ms)
-            if await consuming.leave_group(client, stream_stats.stream, group, name):
+            if await groups.leave_group(client, stream_stats.stream, group, name):
                 removed.append(name)
     return Cleanup(sorted(set(removed)), handed)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

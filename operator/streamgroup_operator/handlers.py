@@ -31,11 +31,21 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from streamgroup_sidecar.config import parse_duration
-from streamgroup_sidecar.serving import Server, make_app
+from streamgroup_core.connecting import Endpoint
+from streamgroup_core.serving import Server, make_app
+from streamgroup_core.spec import (
+    API_GROUP,
+    API_VERSION,
+    PLURAL,
+    RedisSpec,
+    SecretMissing,
+    SpecError,
+    StreamGroupSpec,
+    parse_spec,
+)
 
 from . import applying, building, grouping, scaling
-from .conditions import DEPLOYMENT_READY, GROUP_READY, REDIS_REACHABLE, Condition, merge, now_text
+from .conditions import DEPLOYMENT_READY, GROUP_READY, READY, REDIS_REACHABLE, Condition, merge, now_text
 from .config import OperatorSettings, from_environ
 from .metrics import OperatorMetrics, Snapshot
 
@@ -49,19 +59,19 @@ class State:
 
     settings: OperatorSettings
     metrics: OperatorMetrics
-    clients: dict[tuple[str, str], tuple[grouping.Connection, aioredis.Redis]] = field(default_factory=dict)
+    clients: dict[tuple[str, str], tuple[Endpoint, aioredis.Redis]] = field(default_factory=dict)
     histories: dict[tuple[str, str], tuple[tuple[float, int], ...]] = field(default_factory=dict)
     server: Server | None = None
 
-    async def client_for(self, namespace: str, name: str, spec: dict[str, Any]) -> aioredis.Redis:
-        conn = await resolve_connection(namespace, spec["redis"])
+    async def client_for(self, namespace: str, name: str, spec: StreamGroupSpec) -> aioredis.Redis:
+        endpoint = await resolve_endpoint(namespace, spec.redis)
         cached = self.clients.get((namespace, name))
-        if cached is not None and cached[0] == conn:
+        if cached is not None and cached[0] == endpoint:
             return cached[1]
         if cached is not None:
             await cached[1].aclose()
-        client = grouping.connect(conn)
-        self.clients[(namespace, name)] = (conn, client)
+        client = grouping.connect(endpoint)
+        self.clients[(namespace, name)] = (endpoint, client)
         return client
 
     async def forget(self, namespace: str, name: str) -> None:
@@ -72,25 +82,15 @@ class State:
         self.metrics.groups.snapshots.pop((namespace, name), None)
 
 
-async def resolve_connection(namespace: str, redis: dict[str, Any]) -> grouping.Connection:
-    """Connection settings, with secret values read from the StreamGroup's namespace."""
-    password = ca = cert = key = None
-    if ref := redis.get("passwordSecretRef"):
-        password = (await applying.read_secret_value(namespace, ref["name"], ref.get("key", "password"))).decode()
-    tls = redis.get("tls", {})
-    if ref := tls.get("caSecretRef"):
-        ca = await applying.read_secret_value(namespace, ref["name"], ref.get("key", "ca.crt"))
-    if ref := tls.get("clientCertSecretRef"):
-        cert = await applying.read_secret_value(namespace, ref["name"], "tls.crt")
-        key = await applying.read_secret_value(namespace, ref["name"], "tls.key")
-    return grouping.Connection(url=building.redis_url(redis), username=redis.get("username"), password=password,
-                               ca_pem=ca, client_cert_pem=cert, client_key_pem=key,
-                               server_name=tls.get("serverName"))
+async def resolve_endpoint(namespace: str, redis: RedisSpec) -> Endpoint:
+    """How to reach the StreamGroup's Redis, with the Secrets it names read from its namespace."""
+    secrets = {name: await applying.read_secret_data(namespace, name) for name in redis.secret_names()}
+    return redis.endpoint(namespace, secrets)
 
 
 def redis_condition(exc: BaseException) -> Condition:
     """RedisReachable=False with a reason and a message that never carries a secret."""
-    if isinstance(exc, applying.SecretMissing):
+    if isinstance(exc, SecretMissing):
         return Condition(REDIS_REACHABLE, False, "SecretMissing", str(exc))
     if isinstance(exc, AuthenticationError):
         return Condition(REDIS_REACHABLE, False, "AuthenticationFailed", "Redis refused the credentials")
@@ -103,8 +103,18 @@ def _state(memo: kopf.Memo) -> State:
     return memo["state"]  # type: ignore[no-any-return]
 
 
-def _autoscaling(spec: dict[str, Any]) -> scaling.Autoscaling | None:
-    return scaling.Autoscaling.from_spec(spec["autoscaling"]) if "autoscaling" in spec else None
+def _autoscaling(spec: StreamGroupSpec) -> scaling.Autoscaling | None:
+    return scaling.Autoscaling.from_spec(spec.autoscaling) if spec.autoscaling is not None else None
+
+
+def _parsed(spec: kopf.Spec, patch: kopf.Patch, status: kopf.Status, generation: int) -> StreamGroupSpec:
+    """The typed spec; an unusable one is reported as Ready=False and never retried until it changes."""
+    try:
+        return parse_spec(dict(spec))
+    except SpecError as exc:
+        invalid = Condition(READY, False, "InvalidSpec", str(exc)[:500])
+        patch.status["conditions"] = merge(list(status.get("conditions", [])), [], generation, ready=invalid)
+        raise kopf.PermanentError(str(exc)) from None
 
 
 @kopf.on.startup()
@@ -148,24 +158,24 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
 
 
 # Unexpected errors (an API hiccup) are retried after `backoff` seconds, not kopf's default minute.
-@kopf.on.create(building.GROUP, building.VERSION, building.PLURAL, backoff=5)
-@kopf.on.update(building.GROUP, building.VERSION, building.PLURAL, backoff=5)
-@kopf.on.resume(building.GROUP, building.VERSION, building.PLURAL, backoff=5)
+@kopf.on.create(API_GROUP, API_VERSION, PLURAL, backoff=5)
+@kopf.on.update(API_GROUP, API_VERSION, PLURAL, backoff=5)
+@kopf.on.resume(API_GROUP, API_VERSION, PLURAL, backoff=5)
 async def reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status,
                     patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     state = _state(memo)
     namespace, name = meta["namespace"], meta["name"]
-    spec_dict = dict(spec)
+    sg = _parsed(spec, patch, status, int(meta.get("generation", 0)))
     updates: list[Condition] = []
     failure: BaseException | None = None
     try:
-        client = await state.client_for(namespace, name, spec_dict)
-        created = await grouping.ensure_group(client, list(spec["streams"]), spec["group"], spec.get("startFrom", "$"))
+        client = await state.client_for(namespace, name, sg)
+        created = await grouping.ensure_group(client, list(sg.streams), sg.group, sg.start_position)
         updates.append(Condition(REDIS_REACHABLE, True, "Connected", "Redis answered"))
         updates.append(Condition(GROUP_READY, True, "Created" if created else "Exists",
-                                 f"group {spec['group']!r} on {len(spec['streams'])} stream(s)"
+                                 f"group {sg.group!r} on {len(sg.streams)} stream(s)"
                                  + (f"; created on {', '.join(created)}" if created else "")))
-    except (RedisError, applying.SecretMissing, OSError) as exc:
+    except (RedisError, SecretMissing, SpecError, OSError) as exc:
         failure = exc
         updates.append(redis_condition(exc))
         updates.append(Condition(GROUP_READY, None, "RedisUnreachable", "cannot check the group"))
@@ -173,14 +183,14 @@ async def reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: k
 
     existing = await applying.read_deployment(namespace, name)
     current = int(existing["spec"].get("replicas", 0)) if existing else None
-    policy = _autoscaling(spec_dict)
+    policy = _autoscaling(sg)
     if policy is not None:
         # The operator owns replicas: keep what the autoscaler chose, within the (maybe new) bounds.
         start = current if current is not None else policy.min_replicas
         replicas = max(policy.min_replicas, min(policy.max_replicas, start))
     else:
-        replicas = int(spec.get("replicas", 1))
-    deployment = building.build_deployment(dict(body), replicas, state.settings.sidecar)
+        replicas = sg.replicas
+    deployment = building.build_deployment(meta, sg, replicas, state.settings.sidecar)
     await applying.apply_deployment(deployment)
 
     patch.status["observedGeneration"] = meta.get("generation")
@@ -192,34 +202,36 @@ async def reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: k
         raise kopf.TemporaryError(f"Redis not ready: {redis_condition(failure).message}", delay=10)
 
 
-@kopf.timer(building.GROUP, building.VERSION, building.PLURAL, interval=SETTINGS.watch.resync_interval,
+@kopf.timer(API_GROUP, API_VERSION, PLURAL, interval=SETTINGS.watch.resync_interval,
             initial_delay=min(2.0, SETTINGS.watch.resync_interval))
 async def resync(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status,
                  patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     state = _state(memo)
     namespace, name = meta["namespace"], meta["name"]
-    spec_dict = dict(spec)
+    try:
+        sg = parse_spec(dict(spec))
+    except SpecError:
+        return  # reported by the change handler, which refuses it until the spec changes
     updates: list[Condition] = []
     deployment = await applying.read_deployment(namespace, name)
     current = int(deployment["spec"].get("replicas", 0)) if deployment else 0
     desired = current
     stats: grouping.GroupStats | None = None
     try:
-        client = await state.client_for(namespace, name, spec_dict)
-        stats = await grouping.measure(client, list(spec["streams"]), spec["group"],
-                                       building.dead_letter_streams(spec_dict))
+        client = await state.client_for(namespace, name, sg)
+        stats = await grouping.measure(client, list(sg.streams), sg.group, list(sg.dead_letter_streams))
         updates.append(Condition(REDIS_REACHABLE, True, "Connected", "Redis answered"))
         if stats.group_ready:
-            updates.append(Condition(GROUP_READY, True, "Exists", f"group {spec['group']!r} present"))
+            updates.append(Condition(GROUP_READY, True, "Exists", f"group {sg.group!r} present"))
         else:
             missing = [s.stream for s in stats.streams if not s.exists]
             updates.append(Condition(GROUP_READY, False, "GroupMissing", f"no group on {', '.join(missing)}"))
-    except (RedisError, applying.SecretMissing, OSError) as exc:
+    except (RedisError, SecretMissing, SpecError, OSError) as exc:
         updates.append(redis_condition(exc))
         state.metrics.redis_errors.labels(namespace, name).inc()
         state.metrics.reconciles.labels("resync", "error").inc()
 
-    policy = _autoscaling(spec_dict)
+    policy = _autoscaling(sg)
     if stats is not None and deployment is not None:
         if policy is not None:
             history = state.histories.get((namespace, name), ())
@@ -228,14 +240,14 @@ async def resync(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf
             desired = decision.replicas
             patch.status["desiredReplicas"] = desired
         else:
-            desired = int(spec.get("replicas", 1))
+            desired = sg.replicas
         if desired != current:
             await applying.scale_deployment(namespace, name, desired)
             state.metrics.scalings.labels(namespace, name, "up" if desired > current else "down").inc()
             patch.status["lastScaleTime"] = now_text()
             logger.info("scaled", extra={"sg": {"namespace": namespace, "name": name, "from": current,
                                                  "to": desired}})
-        await _clean_consumers(state, namespace, name, spec_dict, stats)
+        await _clean_consumers(state, namespace, name, sg, stats)
 
     if deployment is None:
         updates.append(Condition(DEPLOYMENT_READY, False, "Missing", "the Deployment does not exist yet"))
@@ -260,20 +272,19 @@ async def resync(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf
         patch.status["consumers"] = stats.consumers
         patch.status["deadLetterLength"] = stats.dead_letters
         state.metrics.groups.snapshots[(namespace, name)] = Snapshot(
-            namespace, name, spec["group"], stats, patch.status.get("desiredReplicas"), desired)
+            namespace, name, sg.group, stats, patch.status.get("desiredReplicas"), desired)
         state.metrics.reconciles.labels("resync", "ok").inc()
     patch.status["conditions"] = merge(list(status.get("conditions", [])), updates,
                                        int(status.get("observedGeneration") or meta.get("generation", 0)))
 
 
-async def _clean_consumers(state: State, namespace: str, name: str, spec: dict[str, Any],
+async def _clean_consumers(state: State, namespace: str, name: str, spec: StreamGroupSpec,
                            stats: grouping.GroupStats) -> None:
     live = await applying.live_pod_names(namespace, name)
     client = await state.client_for(namespace, name, spec)
-    min_idle = spec.get("claim", {}).get("minIdle", "30s")
     cleanup = await grouping.clean_consumers(
-        client, stats, spec["group"], live, int(state.settings.watch.consumer_idle_limit * 1000),
-        int(parse_duration(min_idle) * 1000))
+        client, stats, spec.group, live, int(state.settings.watch.consumer_idle_limit * 1000),
+        int(spec.claim.min_idle_seconds * 1000))
     if cleanup.removed:
         state.metrics.consumers_removed.labels(namespace, name).inc(len(cleanup.removed))
         logger.info("removed consumers of no live replica", extra={"sg": {
@@ -281,32 +292,40 @@ async def _clean_consumers(state: State, namespace: str, name: str, spec: dict[s
             "entries_handed_over": cleanup.handed_over}})
 
 
-def _shares_group(mine: dict[str, Any], other: dict[str, Any]) -> bool:
-    a, b = mine["spec"], other["spec"]
+def _shares_group(mine: StreamGroupSpec, other: dict[str, Any]) -> bool:
+    try:
+        theirs = parse_spec(other.get("spec") or {})
+    except SpecError:
+        return False  # it never ran: it uses no group
     return (
-        building.redis_url(a["redis"]) == building.redis_url(b["redis"])
-        and a["group"] == b["group"]
-        and bool(set(a["streams"]) & set(b["streams"]))
+        mine.redis.address == theirs.redis.address
+        and mine.group == theirs.group
+        and bool(set(mine.streams) & set(theirs.streams))
     )
 
 
-@kopf.on.delete(building.GROUP, building.VERSION, building.PLURAL, backoff=5)
-async def delete(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
+@kopf.on.delete(API_GROUP, API_VERSION, PLURAL, backoff=5)
+async def delete(meta: kopf.Meta, spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
     state = _state(memo)
     namespace, name = meta["namespace"], meta["name"]
     try:
-        if spec.get("deletionPolicy", "Retain") == "Delete":
-            others = [sg for sg in await applying.list_streamgroups(state.settings.watch.namespaces)
-                      if sg["metadata"]["uid"] != meta["uid"] and _shares_group(dict(body), sg)]
+        sg = parse_spec(dict(spec))
+    except SpecError:
+        await state.forget(namespace, name)
+        return  # never reconciled: there is no group of its own to delete
+    try:
+        if sg.deletion_policy == "Delete":
+            others = [other for other in await applying.list_streamgroups(state.settings.watch.namespaces)
+                      if other["metadata"]["uid"] != meta["uid"] and _shares_group(sg, other)]
             if others:
                 users = ", ".join(f"{o['metadata']['namespace']}/{o['metadata']['name']}" for o in others)
                 logger.info("deletionPolicy Delete: group kept, other StreamGroups use it",
                             extra={"sg": {"namespace": namespace, "name": name, "used_by": users}})
             else:
-                client = await state.client_for(namespace, name, dict(spec))
-                destroyed = await grouping.destroy_group(client, list(spec["streams"]), spec["group"])
+                client = await state.client_for(namespace, name, sg)
+                destroyed = await grouping.destroy_group(client, list(sg.streams), sg.group)
                 logger.info("deletionPolicy Delete: consumer group destroyed", extra={"sg": {
-                    "namespace": namespace, "name": name, "group": spec["group"], "streams": destroyed}})
-    except (RedisError, applying.SecretMissing, OSError) as exc:
+                    "namespace": namespace, "name": name, "group": sg.group, "streams": destroyed}})
+    except (RedisError, SecretMissing, OSError) as exc:
         raise kopf.TemporaryError(f"cannot delete the group yet: {redis_condition(exc).message}", delay=10) from exc
     await state.forget(namespace, name)

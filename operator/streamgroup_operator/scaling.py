@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+
+from streamgroup_core.spec import AutoscalingSpec
 
 
 @dataclass(frozen=True)
@@ -31,14 +32,14 @@ class Autoscaling:
     down_window: float = 300.0
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> Autoscaling:
+    def from_spec(cls, spec: AutoscalingSpec) -> Autoscaling:
         return cls(
-            min_replicas=int(spec.get("minReplicas", 1)),
-            max_replicas=int(spec["maxReplicas"]),
-            target_lag=int(spec.get("targetLagPerReplica", 100)),
-            target_pending=int(spec["targetPendingPerReplica"]) if "targetPendingPerReplica" in spec else None,
-            up_window=float(spec.get("scaleUpStabilizationSeconds", 0)),
-            down_window=float(spec.get("scaleDownStabilizationSeconds", 300)),
+            min_replicas=spec.min_replicas,
+            max_replicas=spec.max_replicas,
+            target_lag=spec.target_lag_per_replica,
+            target_pending=spec.target_pending_per_replica,
+            up_window=float(spec.scale_up_stabilization_seconds),
+            down_window=float(spec.scale_down_stabilization_seconds),
         )
 
 

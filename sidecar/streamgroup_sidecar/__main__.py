@@ -11,7 +11,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from . import logs
+from streamgroup_core import logs
+
 from .config import ConfigError, parse_settings
 from .running import GroupLost, Sidecar
 

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .ids import InvalidEntryID, start_position
+from streamgroup_core.connecting import DEFAULT_URL, check_url
+from streamgroup_core.deadletters import DEFAULT_TEMPLATE, InvalidTemplate, check_template
+from streamgroup_core.durations import parse_duration
+from streamgroup_core.ids import InvalidEntryID, start_position
 
 ENV_PREFIX = "SG_"
 
@@ -32,30 +34,6 @@ class ConfigError(ValueError):
 
 
 # --- value parsers ------------------------------------------------------------------------
-
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """``"250ms"``, ``"5s"``, ``"1m30s"`` or a bare number of seconds, as float seconds."""
-    text = text.strip()
-    try:
-        value = float(text)
-    except ValueError:
-        pos, total = 0, 0.0
-        for match in _DURATION_RE.finditer(text):
-            if match.start() != pos:
-                break
-            total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-            pos = match.end()
-        if pos != len(text) or not text:
-            raise ValueError("expected a duration like 250ms, 5s, 1m30s or a number of seconds") from None
-        return total
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError("expected a finite duration")
-    return value
-
 
 def _positive_duration(text: str) -> float:
     value = parse_duration(text)
@@ -117,21 +95,6 @@ def _stream_list(text: str) -> tuple[str, ...]:
     return streams
 
 
-def _redis_url(text: str) -> str:
-    parts = urlsplit(text.strip())
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ValueError("must start with redis://, rediss:// or unix://")
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ValueError("has no host")
-    if parts.path.strip("/") and parts.scheme != "unix" and not parts.path.strip("/").isdigit():
-        raise ValueError("database (the path) must be a number")
-    try:
-        _ = parts.port
-    except ValueError:
-        raise ValueError("has an invalid port") from None
-    return text.strip()
-
-
 def _http_url(text: str) -> str:
     parts = urlsplit(text.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -183,14 +146,11 @@ def _port(text: str) -> int:
     return value
 
 
-def _template_with_stream(text: str) -> str:
-    if "{stream}" not in text:
-        raise ValueError("must contain {stream}, e.g. {stream}:dead")
+def _dead_letter_template(text: str) -> str:
     try:
-        text.format(stream="s")
-    except (KeyError, IndexError, ValueError):
-        raise ValueError("may use only the placeholder {stream}") from None
-    return text
+        return check_template(text)
+    except InvalidTemplate as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _default_consumer(environ: Mapping[str, str]) -> str:
@@ -204,7 +164,7 @@ def _default_consumer(environ: Mapping[str, str]) -> str:
 class RedisSettings:
     """Where the stream lives and how to authenticate."""
 
-    url: str = "redis://127.0.0.1:6379/0"
+    url: str = DEFAULT_URL
     """``redis://`` or ``rediss://`` (TLS) URL; may carry user, password and db."""
     username: str | None = None
     """ACL user name; overrides the one in the URL."""
@@ -260,8 +220,8 @@ class DeliverySettings:
     """Attempts before an entry is dead-lettered; 0 means retry for ever."""
     dead_letter_statuses: frozenset[int] = frozenset({400, 413, 415, 422})
     """HTTP statuses meaning "this entry can never succeed": dead-lettered at once."""
-    dead_letter_stream: str = "{stream}:dead"
-    """Where dead letters go; ``{stream}`` is the source stream's key."""
+    dead_letter_stream: str = DEFAULT_TEMPLATE
+    """Where dead letters go: a template (:mod:`streamgroup_core.deadletters`) with ``{stream}``."""
     cloudevents_type: str = "io.streamgroup.entry"
     """The ``ce-type`` header."""
     ordering_field: str | None = None
@@ -371,7 +331,7 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("redis-url", "redis.url", _redis_url, "redis://127.0.0.1:6379/0",
+    Option("redis-url", "redis.url", check_url, DEFAULT_URL,
            "Redis URL: `redis://` or `rediss://` (TLS), optional `user:password@`, db as the path.",
            secret=True),
     Option("redis-username", "redis.username", _non_empty, None, "ACL user; overrides the URL's."),
@@ -417,8 +377,9 @@ OPTIONS: tuple[Option, ...] = (
            "Attempts before an entry is dead-lettered (`0`: never give up)."),
     Option("dead-letter-statuses", "delivery.dead_letter_statuses", _status_set, "400,413,415,422",
            "HTTP statuses meaning the entry can never succeed: dead-lettered without retry. Empty: none."),
-    Option("dead-letter-stream", "delivery.dead_letter_stream", _template_with_stream, "{stream}:dead",
-           "Dead-letter stream key; `{stream}` is replaced by the source stream."),
+    Option("dead-letter-stream", "delivery.dead_letter_stream", _dead_letter_template, DEFAULT_TEMPLATE,
+           "Dead-letter stream key; `{stream}` is replaced by the source stream, and a brace that belongs "
+           "in the key is doubled (`{{`, `}}`)."),
     Option("cloudevents-type", "delivery.cloudevents_type", _non_empty, "io.streamgroup.entry",
            "Value of the `ce-type` header."),
     Option("http-client", "delivery.http_client", _choice("builtin", "pyreqwest", "aiohttp"), "builtin",
@@ -546,16 +507,6 @@ def options_markdown() -> str:
             default = f"`{option.default}`"
         lines.append(f"| {flag} | `{option.env}` | {default} | {option.help} |")
     return "\n".join(lines) + "\n"
-
-
-def redacted_url(url: str) -> str:
-    """The Redis URL with any password replaced, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
 
 
 if __name__ == "__main__":  # pragma: no cover - used by hack/ to regenerate the README table

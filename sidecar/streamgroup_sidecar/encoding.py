@@ -65,11 +65,6 @@ def header_value(text: str) -> str:
     return quote(text, safe=_HEADER_SAFE)
 
 
-def entry_ms(entry_id: str) -> int:
-    """The millisecond timestamp of an entry ID (IDs from Redis are well-formed: no validation here)."""
-    return int(entry_id.partition("-")[0])
-
-
 @lru_cache(maxsize=256)
 def _second_text(second: int) -> str:
     return f"{datetime.fromtimestamp(second, tz=UTC):%Y-%m-%dT%H:%M:%S}"

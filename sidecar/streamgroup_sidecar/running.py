@@ -40,16 +40,21 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from streamgroup_core import groups
+from streamgroup_core.deadletters import dead_letter_key
+from streamgroup_core.ids import entry_ms
+from streamgroup_core.logs import Incident
+from streamgroup_core.redaction import hide_url_passwords
+from streamgroup_core.serving import Server, make_app
+
 from . import consuming
 from .acking import Acker
-from .config import RetrySettings, Settings, redacted_url
+from .config import RetrySettings, Settings
 from .delivering import make_deliverer
-from .encoding import Entry, MissingBodyField, RequestBuilder, entry_ms
-from .logs import Incident
+from .encoding import Entry, MissingBodyField, RequestBuilder
 from .metrics import GroupSnapshot, Metrics
 from .ordering import Sequencer
 from .replies import Action, Attempt, Verdict, backoff, dead_letter_kind, decide, decide_batch
-from .serving import Server, make_app
 
 logger = logging.getLogger("streamgroup.sidecar")
 
@@ -137,7 +142,7 @@ class Sidecar:
         await self._deliverer.start()
         s = self.settings
         logger.info("sidecar starting", extra={"sg": {
-            "redis": redacted_url(s.redis.url), "streams": list(self._streams), "group": s.group.group,
+            "redis": hide_url_passwords(s.redis.url), "streams": list(self._streams), "group": s.group.group,
             "consumer": s.group.consumer, "app": s.delivery.app_url, "health_port": self._server.port,
         }})
         # One worker per request in flight: each holds one entry, or one batch in batch mode.
@@ -219,17 +224,17 @@ class Sidecar:
         for stream in self._streams:
             peers = await consuming.live_peers(self._redis, stream, group, me, self._min_idle_ms)
             while peers:
-                ids = await consuming.own_pending_ids(self._redis, stream, group, me, 1000)
+                ids = await groups.own_pending_ids(self._redis, stream, group, me, 1000)
                 if not ids:
                     break
                 # Marked idle for --claim-min-idle: the peer's next sweep takes them at once.
-                moved = await consuming.hand_over(self._redis, stream, group, peers[0], ids, self._min_idle_ms)
+                moved = await groups.hand_over(self._redis, stream, group, peers[0], ids, self._min_idle_ms)
                 handed[stream] = handed.get(stream, 0) + moved
                 self.metrics.handed_over.labels(stream).inc(moved)
             if handed.get(stream):
                 logger.info("handed pending entries over", extra={"sg": {
                     "stream": stream, "peer": peers[0], "entries": handed[stream]}})
-            left_everywhere &= await consuming.leave_group(self._redis, stream, group, me)
+            left_everywhere &= await groups.leave_group(self._redis, stream, group, me)
         return handed, left_everywhere
 
     # --- readiness -------------------------------------------------------------------------
@@ -303,7 +308,7 @@ class Sidecar:
         while True:
             try:
                 for stream in self._streams:
-                    created = await consuming.ensure_group(self._redis, stream, group.group, group.start_from)
+                    created = await groups.ensure_group(self._redis, stream, group.group, group.start_from)
                     if created:
                         logger.info("created consumer group", extra={"sg": {
                             "stream": stream, "group": group.group, "start_from": group.start_from}})
@@ -469,7 +474,7 @@ class Sidecar:
     async def _record_trimmed(self, stream: str, ids: list[str]) -> None:
         """XAUTOCLAIM already dropped these from the PEL: write their dead letters, retrying until done."""
         settings = self.settings
-        target = settings.delivery.dead_letter_stream.format(stream=stream)
+        target = dead_letter_key(settings.delivery.dead_letter_stream, stream)
         failures = 0
         while True:
             try:
@@ -696,7 +701,7 @@ class Sidecar:
 
     async def _dead_letter(self, entry: Entry, reason: str, detail: str) -> None:
         group = self.settings.group
-        target = self.settings.delivery.dead_letter_stream.format(stream=entry.stream)
+        target = dead_letter_key(self.settings.delivery.dead_letter_stream, entry.stream)
         failures = 0
         incident = Incident(logger, "writing a dead letter")
         while True:
@@ -724,7 +729,7 @@ class Sidecar:
         while True:
             try:
                 for stream in self._streams:
-                    info = await consuming.group_info(self._redis, stream, group)
+                    info = await groups.group_info(self._redis, stream, group)
                     if info is None:
                         self.metrics.groups.snapshots.pop(stream, None)
                         continue
@@ -733,7 +738,7 @@ class Sidecar:
                         stream=stream, group=group,
                         lag=int(lag) if isinstance(lag, int) and lag >= 0 else None,
                         pending=int(info.get("pending") or 0),
-                        oldest_pending_age_seconds=await consuming.oldest_pending_age(
+                        oldest_pending_age_seconds=await groups.oldest_pending_age(
                             self._redis, stream, group),
                     )
                 # Only its own incident: reads succeed on a replica too, so they prove nothing about writes.

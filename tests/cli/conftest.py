@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -13,7 +14,8 @@ import redis.asyncio as aioredis
 
 from streamgroup_cli import reading
 from streamgroup_cli.__main__ import main
-from streamgroup_sidecar.consuming import dead_letter, dead_letter_fields
+from streamgroup_core.deadletters import dead_letter_fields
+from streamgroup_sidecar.consuming import dead_letter
 from streamgroup_sidecar.encoding import Entry
 from tests.support.redis_server import RedisServer
 
@@ -85,7 +87,8 @@ def sidecar_dead_letters(
 
 def dead_letter_at(client: redis.Redis, dlq: str, dead_id: str, stream: str, original_id: str,
                    fields: dict[str, str], reason: str = "status") -> None:
-    """A dead letter with a chosen ID (hence a chosen age), laid out by the sidecar's own function."""
-    entry = Entry(stream, original_id, [(k.encode(), v.encode()) for k, v in fields.items()], deliveries=3)
-    flat = dead_letter_fields(entry, "workers", "pod-a", reason, "HTTP 500")
+    """A dead letter with a chosen ID (hence a chosen age), laid out by the core's function the sidecar uses."""
+    flat = dead_letter_fields(stream, original_id, [(k.encode(), v.encode()) for k, v in fields.items()],
+                              group="workers", consumer="pod-a", deliveries=3, reason=reason, detail="HTTP 500",
+                              time_ms=int(time.time() * 1000))
     client.execute_command("XADD", dlq, dead_id, *flat)  # type: ignore[no-untyped-call]

@@ -13,7 +13,8 @@ import pytest
 
 from streamgroup_cli import CLIError, targeting
 from streamgroup_cli.__main__ import main
-from streamgroup_cli.targeting import Connection, streamgroup_target, url_target
+from streamgroup_cli.targeting import streamgroup_target, url_target
+from streamgroup_core.connecting import Endpoint, Pem, Tls
 from tests.cli.conftest import sidecar_dead_letters
 from tests.support.redis_server import RedisServer
 
@@ -53,18 +54,20 @@ class TestResolvingAStreamGroup:
         cr = resource({"url": "redis://redis.data:6379/2", "username": "sg",
                        "passwordSecretRef": {"name": "redis-auth"}})
         target = streamgroup_target(cr, {"redis-auth": {"password": b64(PASSWORD)}})
-        assert target.connection == Connection("redis://redis.data:6379/2", username="sg", password=PASSWORD)
+        assert target.connection == Endpoint("redis://redis.data:6379/2", username="sg", password=PASSWORD)
         assert (target.streams, target.group) == (("orders", "refunds"), "billing")
         assert target.dead_letter_streams == ("orders:dead", "refunds:dead")
         assert target.label == "StreamGroup shop/orders"
 
-    def test_host_port_db_and_tls_become_a_rediss_url_with_the_ca_and_client_certificate(self) -> None:
+    def test_host_port_db_and_tls_become_a_rediss_url_with_the_ca_client_certificate_and_server_name(self) -> None:
         cr = resource({"host": "redis.data", "port": 6380, "db": 1, "tls": {
-            "enabled": True, "caSecretRef": {"name": "ca"}, "clientCertSecretRef": {"name": "client"}}})
+            "enabled": True, "caSecretRef": {"name": "ca"}, "clientCertSecretRef": {"name": "client"},
+            "serverName": "redis.internal"}})
         secrets = {"ca": {"ca.crt": b64("CA PEM")}, "client": {"tls.crt": b64("CERT"), "tls.key": b64("KEY")}}
         conn = streamgroup_target(cr, secrets).connection
         assert conn.url == "rediss://redis.data:6380/1"
-        assert (conn.ca_pem, conn.client_cert_pem, conn.client_key_pem) == (b"CA PEM", b"CERT", b"KEY")
+        assert conn.tls == Tls(ca=Pem(data=b"CA PEM"), cert=Pem(data=b"CERT"), key=Pem(data=b"KEY"),
+                               server_name="redis.internal")
 
     def test_host_alone_uses_the_default_port_and_db_and_tls_upgrades_a_redis_url(self) -> None:
         assert streamgroup_target(resource({"host": "r"}), {}).connection.url == "redis://r:6379/0"
@@ -92,9 +95,9 @@ class TestResolvingAStreamGroup:
         assert PASSWORD not in str(caught.value)
 
     def test_a_resource_without_redis_or_streams_is_rejected(self) -> None:
-        with pytest.raises(CLIError, match=r"StreamGroup shop/orders has no spec\.redis"):
+        with pytest.raises(CLIError, match=r"StreamGroup shop/orders: spec\.redis is required"):
             streamgroup_target({"metadata": {"name": "orders", "namespace": "shop"}, "spec": {}}, {})
-        with pytest.raises(CLIError, match="neither url nor host"):
+        with pytest.raises(CLIError, match="give exactly one of url and host"):
             streamgroup_target(resource({}), {})
 
     def test_the_password_never_shows_in_a_repr(self) -> None:
@@ -182,7 +185,7 @@ class TestConnectingByUrl:
 
     def test_url_targets_read_the_environment_in_order(self) -> None:
         env = {"SG_REDIS_URL": "redis://env:6379/0", "SG_REDIS_PASSWORD": PASSWORD, "SG_REDIS_USERNAME": "ops"}
-        assert url_target(None, env).connection == Connection("redis://env:6379/0", username="ops", password=PASSWORD)
+        assert url_target(None, env).connection == Endpoint("redis://env:6379/0", username="ops", password=PASSWORD)
         assert url_target("redis://flag:1/0", env).connection.url == "redis://flag:1/0"
         assert url_target(None, {}).connection.url == "redis://127.0.0.1:6379/0"
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from streamgroup_operator.building import SIDECAR_NAME, build_deployment, dead_letter_streams, redis_url
+from streamgroup_core.spec import parse_resource
+from streamgroup_operator.building import SIDECAR_NAME, build_deployment
 from streamgroup_operator.config import SidecarDefaults
 from streamgroup_sidecar.config import OPTIONS, parse_settings
 
@@ -27,6 +28,11 @@ def streamgroup(**spec: Any) -> dict[str, Any]:
     base.update(spec)
     return {"apiVersion": "streamgroup.io/v1alpha1", "kind": "StreamGroup",
             "metadata": {"name": "billing", "namespace": "pay", "uid": "uid-1"}, "spec": base}
+
+
+def deploy(sg: dict[str, Any], replicas: int = 1) -> dict[str, Any]:
+    """The Deployment the operator builds for resource ``sg``, its spec parsed as the handlers parse it."""
+    return build_deployment(sg["metadata"], parse_resource(sg), replicas, DEFAULTS)
 
 
 def sidecar_of(deployment: dict[str, Any]) -> dict[str, Any]:
@@ -62,7 +68,7 @@ class TestTheSidecarContract:
             sidecar={"logLevel": "debug", "httpClient": "pyreqwest"},
         )
         sg["spec"]["redis"]["username"] = "billing-svc"
-        env = sidecar_of(build_deployment(sg, 2, DEFAULTS))["env"]
+        env = sidecar_of(deploy(sg, 2))["env"]
         settings = parse_settings([], as_kubelet_would(env, "billing-7d9f-abc", {("redis-auth", "password"): "pw"}))
         assert settings.redis.url == "redis://redis.data:6379/2"
         assert (settings.redis.username, settings.redis.password) == ("billing-svc", "pw")
@@ -89,14 +95,14 @@ class TestTheSidecarContract:
 
     def test_batch_mode_and_the_client_are_written_only_when_asked_for(self) -> None:
         # So an operator upgrade does not roll every existing Deployment.
-        plain = {e["name"] for e in sidecar_of(build_deployment(streamgroup(), 1, DEFAULTS))["env"]}
+        plain = {e["name"] for e in sidecar_of(deploy(streamgroup(), 1))["env"]}
         assert not plain & {"SG_BATCH_SIZE", "SG_BATCH_WAIT", "SG_HTTP_CLIENT"}
-        env = sidecar_of(build_deployment(streamgroup(delivery={"batch": {"size": 8}}), 1, DEFAULTS))["env"]
+        env = sidecar_of(deploy(streamgroup(delivery={"batch": {"size": 8}}), 1))["env"]
         settings = parse_settings([], as_kubelet_would(env, "p", {("redis-auth", "password"): "pw"}))
         assert (settings.delivery.batch_size, settings.delivery.batch_wait) == (8, 0.005)
 
     def test_defaults_on_both_sides_agree(self) -> None:
-        env = sidecar_of(build_deployment(streamgroup(), 1, DEFAULTS))["env"]
+        env = sidecar_of(deploy(streamgroup(), 1))["env"]
         settings = parse_settings([], as_kubelet_would(env, "pod-1", {("redis-auth", "password"): "pw"}))
         plain = parse_settings([], {"SG_STREAMS": "orders,refunds", "SG_GROUP": "billing",
                                     "SG_CONSUMER": "pod-1", "SG_REDIS_URL": "redis://redis.data:6379/2",
@@ -109,7 +115,7 @@ class TestTheSidecarContract:
         sg["spec"]["redis"]["tls"] = {"enabled": True, "caSecretRef": {"name": "ca"},
                                       "clientCertSecretRef": {"name": "client"}}
         known = {o.env for o in OPTIONS}
-        written = {e["name"] for e in sidecar_of(build_deployment(sg, 1, DEFAULTS))["env"]}
+        written = {e["name"] for e in sidecar_of(deploy(sg, 1))["env"]}
         assert written <= known, written - known
 
     def test_tls_material_is_mounted_from_secrets_and_pointed_to(self) -> None:
@@ -117,7 +123,7 @@ class TestTheSidecarContract:
                                 "tls": {"enabled": True, "caSecretRef": {"name": "redis-ca", "key": "bundle.pem"},
                                         "clientCertSecretRef": {"name": "redis-client"},
                                         "serverName": "redis.data.svc"}})
-        deployment = build_deployment(sg, 1, DEFAULTS)
+        deployment = deploy(sg, 1)
         sidecar = sidecar_of(deployment)
         env = {e["name"]: e.get("value") for e in sidecar["env"]}
         assert env["SG_REDIS_URL"] == "rediss://redis:6380/1"
@@ -137,7 +143,7 @@ class TestTheDeployment:
     def test_the_app_template_is_kept_and_the_sidecar_added_with_a_locked_down_security_context(self) -> None:
         sg = streamgroup()
         original = copy.deepcopy(sg)
-        deployment = build_deployment(sg, 3, DEFAULTS)
+        deployment = deploy(sg, 3)
         assert sg == original, "the StreamGroup is not modified"
         pod = deployment["spec"]["template"]
         assert pod["spec"]["containers"][0] == {"name": "app", "image": "billing:7"}
@@ -155,19 +161,19 @@ class TestTheDeployment:
         assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
     def test_it_is_owned_by_its_streamgroup(self) -> None:
-        [owner] = build_deployment(streamgroup(), 1, DEFAULTS)["metadata"]["ownerReferences"]
+        [owner] = deploy(streamgroup(), 1)["metadata"]["ownerReferences"]
         assert owner == {"apiVersion": "streamgroup.io/v1alpha1", "kind": "StreamGroup", "name": "billing",
                          "uid": "uid-1", "controller": True, "blockOwnerDeletion": True}
 
     def test_no_secret_value_is_ever_written_into_the_deployment(self) -> None:
-        env = sidecar_of(build_deployment(streamgroup(), 1, DEFAULTS))["env"]
+        env = sidecar_of(deploy(streamgroup(), 1))["env"]
         [password] = [e for e in env if e["name"] == "SG_REDIS_PASSWORD"]
         assert password == {"name": "SG_REDIS_PASSWORD",
                              "valueFrom": {"secretKeyRef": {"name": "redis-auth", "key": "password"}}}
 
     def test_the_sidecar_image_and_resources_can_be_overridden(self) -> None:
         sg = streamgroup(sidecar={"image": "mine:1", "resources": {"limits": {"memory": "1Gi"}}})
-        sidecar = sidecar_of(build_deployment(sg, 1, DEFAULTS))
+        sidecar = sidecar_of(deploy(sg, 1))
         assert sidecar["image"] == "mine:1"
         assert sidecar["resources"] == {"limits": {"memory": "1Gi"}}
 
@@ -175,18 +181,4 @@ class TestTheDeployment:
         sg = streamgroup()
         sg["spec"]["template"]["spec"]["containers"].append({"name": SIDECAR_NAME, "image": "x"})
         with pytest.raises(ValueError, match=SIDECAR_NAME):
-            build_deployment(sg, 1, DEFAULTS)
-
-    @pytest.mark.parametrize("redis, expected", [
-        ({"url": "redis://r:6379/0"}, "redis://r:6379/0"),
-        ({"url": "redis://r:6379/0", "tls": {"enabled": True}}, "rediss://r:6379/0"),
-        ({"host": "r"}, "redis://r:6379/0"),
-        ({"host": "r", "port": 7000, "db": 3, "tls": {"enabled": True}}, "rediss://r:7000/3"),
-    ])
-    def test_the_redis_url_comes_from_url_or_host(self, redis: dict[str, Any], expected: str) -> None:
-        assert redis_url(redis) == expected
-
-    def test_dead_letter_streams_follow_the_template(self) -> None:
-        assert dead_letter_streams(streamgroup()["spec"]) == ["orders:dead", "refunds:dead"]
-        assert dead_letter_streams(streamgroup(delivery={"deadLetterStream": "dlq-{stream}"})["spec"]) == [
-            "dlq-orders", "dlq-refunds"]
+            deploy(sg, 1)

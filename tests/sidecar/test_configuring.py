@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from streamgroup_sidecar.config import OPTIONS, ConfigError, options_markdown, parse_settings, redacted_url
+from streamgroup_core.redaction import hide_url_passwords
+from streamgroup_sidecar.config import OPTIONS, ConfigError, options_markdown, parse_settings
 
 REPO = Path(__file__).resolve().parents[2]
 MINIMAL = {"SG_STREAMS": "a,b", "SG_GROUP": "g"}
@@ -31,9 +32,9 @@ class TestSources:
         assert settings.delivery.max_in_flight == 5
         assert settings.group.group == "from-flag"
 
-    def test_durations_accept_units_and_plain_seconds(self) -> None:
+    def test_durations_take_units_and_combinations(self) -> None:
         settings = parse_settings([], {**MINIMAL, "SG_REQUEST_TIMEOUT": "1m30s", "SG_RETRY_INITIAL": "250ms",
-                                       "SG_RETRY_MAX": "2.5", "SG_SHUTDOWN_GRACE": "1h"})
+                                       "SG_RETRY_MAX": "2.5s", "SG_SHUTDOWN_GRACE": "1h"})
         assert settings.delivery.request_timeout == 90.0
         assert settings.retry.initial == 0.25
         assert settings.retry.maximum == 2.5
@@ -71,12 +72,14 @@ class TestBadValuesFailFast:
         ({"SG_MAX_IN_FLIGHT": "many"}, "whole number"),
         ({"SG_REQUEST_TIMEOUT": "5 minutes"}, "--request-timeout / SG_REQUEST_TIMEOUT"),
         ({"SG_REQUEST_TIMEOUT": "0s"}, "greater than zero"),
+        ({"SG_REQUEST_TIMEOUT": "30"}, "add a unit"),
         ({"SG_RETRY_JITTER": "1.5"}, "between 0.0 and 1.0"),
         ({"SG_RETRY_MULTIPLIER": "0.5"}, "at least 1.0"),
         ({"SG_RETRY_INITIAL": "10s", "SG_RETRY_MAX": "1s"}, "larger than --retry-max"),
         ({"SG_DEAD_LETTER_STATUSES": "200"}, "not an HTTP error status"),
         ({"SG_DEAD_LETTER_STREAM": "dead"}, "must contain {stream}"),
-        ({"SG_DEAD_LETTER_STREAM": "{stream}:{oops}"}, "only the placeholder"),
+        ({"SG_DEAD_LETTER_STREAM": "{stream}:{oops}"}, "the only one is {stream}"),
+        ({"SG_DEAD_LETTER_STREAM": "dlq{v2}:{stream}"}, "the only one is {stream}"),
         ({"SG_BODY": "xml"}, "one of json, raw"),
         ({"SG_BODY": "raw"}, "--body-field / SG_BODY_FIELD is required"),
         ({"SG_HEALTH_PORT": "70000"}, "TCP port"),
@@ -102,8 +105,8 @@ class TestBadValuesFailFast:
         with pytest.raises(ConfigError) as info:
             parse_settings([], {**MINIMAL, "SG_REDIS_URL": "redis://u:hunter2@h:notaport/0"})
         assert "hunter2" not in str(info.value)
-        assert redacted_url("rediss://u:hunter2@h:6380/1") == "rediss://u:***@h:6380/1"
-        assert redacted_url("redis://h:6379/0") == "redis://h:6379/0"
+        assert hide_url_passwords("rediss://u:hunter2@h:6380/1") == "rediss://u:***@h:6380/1"
+        assert hide_url_passwords("redis://h:6379/0") == "redis://h:6379/0"
 
     def test_the_command_exits_2_with_one_line_naming_the_option(self) -> None:
         result = subprocess.run(

@@ -11,9 +11,9 @@ from email.utils import format_datetime
 import orjson
 import pytest
 
+from streamgroup_core.ids import InvalidEntryID, id_time, start_position, timestamp_to_id
 from streamgroup_sidecar.config import DeliverySettings, RetrySettings
 from streamgroup_sidecar.encoding import Entry, MissingBodyField, RequestBuilder, fields_to_json, header_value
-from streamgroup_sidecar.ids import InvalidEntryID, id_time, start_position, timestamp_to_id
 from streamgroup_sidecar.ordering import Sequencer
 from streamgroup_sidecar.replies import Action, Attempt, backoff, classify, decide, decide_batch, parse_retry_after
 

@@ -1,8 +1,8 @@
 """Structured logs: one JSON object per line on stderr.
 
 Extra context is passed with ``logger.info("msg", extra={"sg": {...}})`` and lands as
-top-level keys. Nothing here knows about secrets: callers log redacted URLs and never
-log passwords, which :mod:`streamgroup_sidecar.config` keeps out of reprs.
+top-level keys. Nothing here knows about secrets: callers log URLs through
+:mod:`streamgroup_core.redaction` and never log passwords, which the settings keep out of reprs.
 """
 
 from __future__ import annotations
@@ -50,10 +50,6 @@ class Incident:
         self._what = what
         self._since: float | None = None
         self._attempts = 0
-
-    @property
-    def active(self) -> bool:
-        return self._since is not None
 
     def failed(self, error: BaseException | str) -> None:
         self._attempts += 1

@@ -1,0 +1,58 @@
+"""Dead-letter keys and fields: one template syntax, one layout, read back as written."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamgroup_core.deadletters import (
+    InvalidTemplate,
+    check_template,
+    dead_letter_fields,
+    dead_letter_key,
+    source_of,
+    split_fields,
+)
+
+
+class TestTheKeyTemplate:
+    @pytest.mark.parametrize("template, key", [
+        ("{stream}:dead", "orders:dead"),
+        ("dlq{{v2}}:{stream}", "dlq{v2}:orders"),
+        ("{{{stream}}}:dead", "{orders}:dead"),
+        ("{stream}/{stream}", "orders/orders"),
+    ])
+    def test_stream_is_replaced_and_doubled_braces_are_literal(self, template: str, key: str) -> None:
+        assert dead_letter_key(template, "orders") == key
+        assert source_of(template, key) == "orders"
+
+    @pytest.mark.parametrize("template, needle", [
+        ("dead", "must contain {stream}"),
+        ("{stream}:{oops}", "{oops} is not a placeholder"),
+        ("{stream!r}", "is not a placeholder"),
+        ("{stream:>9}", "is not a placeholder"),
+        ("dlq{v2}:{stream}", "{v2} is not a placeholder"),
+        ("{stream", "twice"),
+        ("}{stream}", "twice"),
+    ])
+    def test_anything_else_in_braces_is_refused_with_the_reason(self, template: str, needle: str) -> None:
+        with pytest.raises(InvalidTemplate, match=needle.replace("{", r"\{").replace("}", r"\}")):
+            check_template(template)
+
+    def test_a_key_that_does_not_fit_the_template_has_no_source(self) -> None:
+        assert source_of("{stream}:dead", "orders") is None
+        assert source_of("{stream}/{stream}", "a/b") is None
+        assert source_of("dlq:{stream}", "dlq:") is None
+
+
+class TestTheDeadLetterLayout:
+    def test_metadata_comes_first_and_splits_off_from_the_original_fields(self) -> None:
+        original = [(b"sg:stream", b"spoof"), (b"\xff", b"\x00"), (b"k", b"v"), (b"k", b"w")]
+        flat = dead_letter_fields("orders", "1-0", original, group="g", consumer="c", deliveries=3,
+                                  reason="dropped", detail="app said DROP", time_ms=1700000000000)
+        pairs = [(name.encode() if isinstance(name, str) else name, value.encode() if isinstance(value, str) else value)
+                 for name, value in zip(flat[::2], flat[1::2], strict=True)]
+        meta, fields = split_fields(pairs)
+        assert meta == {"sg:stream": b"orders", "sg:id": b"1-0", "sg:group": b"g", "sg:consumer": b"c",
+                        "sg:deliveries": b"3", "sg:reason": b"dropped", "sg:detail": b"app said DROP",
+                        "sg:time": b"1700000000000"}
+        assert fields == original  # an original field named like metadata stays an original field
