@@ -35,6 +35,8 @@ STREAM = "bench"
 GROUP = "bench"
 
 _LIVE: list[Proc] = []
+PROCESS_LOG = "SG_BENCH_PROCESS_LOG"
+"""If set, every process the bench starts is recorded there: PID, start time and name, one per line."""
 
 
 def _die_with_parent() -> None:
@@ -63,6 +65,10 @@ class Proc:
                                           preexec_fn=_die_with_parent)
         self.ps = psutil.Process(self.popen.pid)
         _LIVE.append(self)
+        record = os.environ.get(PROCESS_LOG)
+        if record:  # for the smoke test, which must look only at the processes this run started
+            with open(record, "a") as out:
+                out.write(f"{self.pid} {self.ps.create_time()} {name}\n")
 
     @property
     def pid(self) -> int:
