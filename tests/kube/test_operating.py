@@ -37,7 +37,7 @@ from tests.kube.streamgroups import (
 from tests.support.apps import RecordingApp
 from tests.support.kube import ControlPlane
 from tests.support.operator_process import OperatorProcess
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, make_tls
 from tests.support.sidecar_process import SidecarProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -152,6 +152,60 @@ class TestValidation:
         sg = create(apis, namespace, manifest("billing", "redis://r:6379/0",
                                               delivery={"maxInFlight": 400, "batch": {"size": 100}}))
         assert sg["spec"]["delivery"]["batch"] == {"size": 100, "maxWait": "5ms"}
+
+
+    def test_a_spec_the_schema_lets_through_but_that_cannot_work_is_reported_and_builds_nothing(
+        self, apis: Any, namespace: str, operator: OperatorProcess, redis_server: RedisServer
+    ) -> None:
+        # The schema only checks that {stream} is there; a single brace in the key is the core's to refuse.
+        create(apis, namespace, manifest("billing", redis_server.url,
+                                         delivery={"deadLetterStream": "dlq{v2}:{stream}"}))
+        sg = eventually(lambda: (s := get_sg(apis, namespace, "billing")).get("status", {}).get("conditions")
+                        and condition(s, "Ready")["status"] == "False" and s, what="the spec refused")
+        ready = condition(sg, "Ready")
+        assert ready["reason"] == "InvalidSpec"
+        assert "spec.delivery.deadLetterStream" in ready["message"] and "{v2}" in ready["message"]
+        with pytest.raises(ApiException) as missing:
+            apis.apps.read_namespaced_deployment("billing", namespace)
+        assert missing.value.status == 404
+        assert not redis_server.client().exists("orders")  # no group made, so no stream either
+
+
+class TestTLS:
+    def test_mutual_tls_from_secrets_leaves_no_redis_key_material_in_the_operators_temporary_folder(
+        self, apis: Any, namespace: str, kubeconfig: Path, streamgroup_crd: None, tmp_path: Path
+    ) -> None:
+        tls = make_tls(tmp_path / "tls", "redis.test")
+        server = RedisServer(tls=tls).start()
+        scratch = tmp_path / "operator-tmp"
+        scratch.mkdir()
+        operator = OperatorProcess(kubeconfig, [namespace], TMPDIR=str(scratch)).start()
+        try:
+            apis.core.create_namespaced_secret(namespace, client.V1Secret(
+                metadata=client.V1ObjectMeta(name="redis-ca"),
+                data={"ca.crt": base64.b64encode((tls / "ca.crt").read_bytes()).decode()}))
+            apis.core.create_namespaced_secret(namespace, client.V1Secret(
+                metadata=client.V1ObjectMeta(name="redis-client"), type="kubernetes.io/tls",
+                data={"tls.crt": base64.b64encode((tls / "client.crt").read_bytes()).decode(),
+                      "tls.key": base64.b64encode((tls / "client.key").read_bytes()).decode()}))
+            url = f"rediss://127.0.0.1:{server.port}/0"
+            create(apis, namespace, manifest("billing", url, redis={"url": url, "tls": {
+                "enabled": True, "caSecretRef": {"name": "redis-ca"}, "clientCertSecretRef": {"name": "redis-client"},
+                "serverName": "redis.test"}}))
+            sg = eventually(lambda: (s := get_sg(apis, namespace, "billing")).get("status", {}).get("conditions")
+                            and condition(s, "GroupReady")["status"] == "True" and s, what="the group over TLS")
+            assert condition(sg, "RedisReachable")["status"] == "True"
+            assert [g["name"] for g in server.client().xinfo_groups("orders")] == [b"billing"]
+            # The kubernetes client writes a kubeconfig's embedded certificates there (not in a cluster, where
+            # the service account's are mounted files); what must never be there is the Redis client's key.
+            written = [path.read_bytes() for path in scratch.rglob("*") if path.is_file()]
+            key = (tls / "client.key").read_bytes()
+            assert not any(key.strip() in content for content in written)
+            assert not [path for path in scratch.rglob("sg-tls-*")]
+        finally:
+            print("operator log (end):\n" + operator.tail(100))
+            operator.stop()
+            server.cleanup()
 
 
 class TestAutoscaling:
