@@ -1,13 +1,13 @@
-"""The health and metrics endpoint: ``/healthz``, ``/readyz`` and ``/metrics``.
+"""The health and metrics endpoint of the sidecar and the operator: ``/healthz``, ``/readyz``, ``/metrics``.
 
 ``/healthz`` says the process and its event loop are alive (kubelet restarts it
-otherwise). ``/readyz`` says whether it can do its job right now: Redis reachable,
-the group present on every stream, the app answering. Each check is reported by
-name in the JSON body so that a failing probe explains itself.
+otherwise). ``/readyz`` says whether it can do its job right now (for the sidecar: Redis
+reachable, the group present on every stream, the app answering). Each check is reported
+by name in the JSON body so that a failing probe explains itself.
 
 Why the standard library's threaded WSGI server rather than an asyncio one: probes and
 scrapes come a few times a minute, and an aiohttp server kept aiohttp in every sidecar's
-memory (about 10 MB of a 60 MB budget, docs/performance.md) only for them. Serving from
+memory only for them (a sixth of its memory budget; docs/performance.md has the figures). Serving from
 its own thread also lets ``/healthz`` notice an event loop that stopped turning, which a
 server running on that loop could not report. ``/metrics`` is prometheus_client's own WSGI
 app (content negotiation, gzip, ``name[]`` filters).
