@@ -247,7 +247,7 @@ async def resync(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf
             patch.status["lastScaleTime"] = now_text()
             logger.info("scaled", extra={"sg": {"namespace": namespace, "name": name, "from": current,
                                                  "to": desired}})
-        await _clean_consumers(state, namespace, name, sg, stats)
+        await _clean_consumers(state, client, namespace, name, sg, stats)
 
     if deployment is None:
         updates.append(Condition(DEPLOYMENT_READY, False, "Missing", "the Deployment does not exist yet"))
@@ -278,10 +278,9 @@ async def resync(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf
                                        int(status.get("observedGeneration") or meta.get("generation", 0)))
 
 
-async def _clean_consumers(state: State, namespace: str, name: str, spec: StreamGroupSpec,
+async def _clean_consumers(state: State, client: aioredis.Redis, namespace: str, name: str, spec: StreamGroupSpec,
                            stats: grouping.GroupStats) -> None:
     live = await applying.live_pod_names(namespace, name)
-    client = await state.client_for(namespace, name, spec)
     cleanup = await grouping.clean_consumers(
         client, stats, spec.group, live, int(state.settings.watch.consumer_idle_limit * 1000),
         int(spec.claim.min_idle_seconds * 1000))
