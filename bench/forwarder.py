@@ -23,7 +23,8 @@ from typing import Any
 import redis.asyncio as aioredis
 import uvloop
 
-from streamgroup_sidecar.encoding import Entry, RequestBuilder
+from streamgroup_sidecar.encoding import RequestBuilder
+from streamgroup_sidecar.entries import Entry
 from streamgroup_sidecar.posting import ConnectionPool
 
 from .common import GROUP, STREAM

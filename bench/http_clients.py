@@ -25,7 +25,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from streamgroup_sidecar.encoding import Entry, Request, RequestBuilder
+from streamgroup_sidecar.encoding import Request, RequestBuilder
+from streamgroup_sidecar.entries import Entry
 
 from .common import entry_fields
 

@@ -19,7 +19,8 @@ from typing import Any
 
 import orjson
 
-from streamgroup_sidecar.encoding import Entry, RequestBuilder, fields_to_json, fields_to_object
+from streamgroup_sidecar.encoding import RequestBuilder, fields_to_json, fields_to_object
+from streamgroup_sidecar.entries import Entry
 
 from .common import entry_fields
 

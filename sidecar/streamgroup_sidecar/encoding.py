@@ -1,4 +1,4 @@
-"""Turning a stream entry into an HTTP request: body and headers, with no I/O.
+"""Turning stream entries into HTTP requests: body and headers, with no I/O.
 
 Stream entries are lists of binary field/value pairs. The default body is a JSON
 object of them, which must never lose a byte:
@@ -19,38 +19,22 @@ import base64
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import orjson
 
+if TYPE_CHECKING:  # annotations only: the entry model imports header_value from here
+    from .entries import Entry, Fields
+
 # CloudEvents' HTTP binding percent-encodes space, '"', '%' and anything outside printable ASCII.
 _HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
-
-Fields = list[tuple[bytes, bytes]]
-
-
-@dataclass(slots=True)
-class Entry:
-    """One stream entry as the sidecar holds it while delivering."""
-
-    stream: str
-    id: str
-    fields: Fields | None
-    """``None`` when the entry was deleted or trimmed after it was read into the group."""
-    deliveries: int = 1
-    """Attempts so far, including the current one (Redis' delivery counter plus local retries)."""
-    failures: int = 0
-    """Failed attempts by this sidecar, for its back-off."""
-
-    @property
-    def key(self) -> str:
-        """``<stream>/<id>``, percent-encoded: unique per entry; the Idempotency-Key and batch key."""
-        return f"{header_value(self.stream)}/{self.id}"
 
 
 @dataclass(frozen=True, slots=True)
 class Request:
+    """One HTTP request, ready for any of the clients: what :mod:`.delivering` posts."""
+
     body: bytes
     headers: dict[str, str]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from .encoding import Entry
+from .entries import Entry
 
 Key = tuple[str, bytes]
 

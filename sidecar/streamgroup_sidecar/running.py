@@ -47,11 +47,12 @@ from streamgroup_core.logs import Incident
 from streamgroup_core.redaction import hide_url_passwords
 from streamgroup_core.serving import Server, make_app
 
-from . import consuming
+from . import commands
 from .acking import Acker
 from .config import RetrySettings, Settings
 from .delivering import make_deliverer
-from .encoding import Entry, MissingBodyField, RequestBuilder
+from .encoding import MissingBodyField, RequestBuilder
+from .entries import Entry
 from .metrics import GroupSnapshot, Metrics
 from .ordering import Sequencer
 from .replies import Action, Attempt, Verdict, backoff, dead_letter_kind, decide, decide_batch
@@ -82,7 +83,7 @@ class Sidecar:
         delivery = settings.delivery
         self._streams = group.streams
         self._names = {s.encode(): s for s in group.streams}
-        self._redis = consuming.connect(settings.redis, socket_timeout=settings.read.block + 10.0)
+        self._redis = commands.connect(settings.redis, socket_timeout=settings.read.block + 10.0)
         self._builder = RequestBuilder(
             group=group.group, consumer=group.consumer, body=delivery.body, body_field=delivery.body_field,
             content_type=delivery.content_type, cloudevents_type=delivery.cloudevents_type,
@@ -222,7 +223,7 @@ class Sidecar:
         handed: dict[str, int] = {}
         left_everywhere = True
         for stream in self._streams:
-            peers = await consuming.live_peers(self._redis, stream, group, me, self._min_idle_ms)
+            peers = await commands.live_peers(self._redis, stream, group, me, self._min_idle_ms)
             while peers:
                 ids = await groups.own_pending_ids(self._redis, stream, group, me, 1000)
                 if not ids:
@@ -255,11 +256,11 @@ class Sidecar:
 
     def _redis_failed(self, operation: str, incident: Incident, exc: BaseException) -> None:
         self.metrics.redis_errors.labels(operation).inc()
-        if consuming.is_failover(exc):
+        if commands.is_failover(exc):
             # A replica answers at this address now (a failover moved the primary): drop every
             # connection, so that the next ones resolve the name again and reach the new primary.
             self._drop_connections()
-        if isinstance(exc, (RedisConnectionError, RedisTimeoutError)) or consuming.is_failover(exc):
+        if isinstance(exc, (RedisConnectionError, RedisTimeoutError)) or commands.is_failover(exc):
             self.redis_ok = False
             self._redis_incident.failed(exc)
         else:
@@ -283,7 +284,7 @@ class Sidecar:
         self._redis_failed("xack", self._ack_incident, exc)
 
     async def _send_acks(self, batch: dict[str, list[str]]) -> None:
-        await consuming.ack(self._redis, self.settings.group.group, batch)
+        await commands.ack(self._redis, self.settings.group.group, batch)
         self._redis_recovered(self._ack_incident)
 
     def _app_state(self, up: bool, why: str = "") -> None:
@@ -362,7 +363,7 @@ class Sidecar:
     async def _read(self, ids: dict[str, str], block_ms: int | None) -> list[Entry]:
         async def take(slots: int) -> list[Entry]:
             positions, count = self._positions(ids, slots)
-            return await consuming.read(self._redis, self.settings.group.group, self.settings.group.consumer,
+            return await commands.read(self._redis, self.settings.group.group, self.settings.group.consumer,
                                         positions, count, block_ms, self._names)
         return await self._with_slots(take)
 
@@ -439,7 +440,7 @@ class Sidecar:
     async def _load_delivery_counts(self, stream: str, entries: list[Entry]) -> None:
         """History reads and claims bump Redis' delivery counters: take them from there."""
         group = self.settings.group
-        counts = await consuming.pending_counts(
+        counts = await commands.pending_counts(
             self._redis, stream, group.group, group.consumer, entries[0].id, entries[-1].id, len(entries))
         for entry in entries:
             entry.deliveries = counts.get(entry.id, entry.deliveries)
@@ -456,7 +457,7 @@ class Sidecar:
 
                 async def take(slots: int, stream: str = stream) -> list[Entry]:
                     nonlocal cursor, deleted
-                    cursor, claimed, deleted = await consuming.autoclaim(
+                    cursor, claimed, deleted = await commands.autoclaim(
                         self._redis, stream, group, me, self._min_idle_ms, cursor, slots)
                     return claimed
 
@@ -478,7 +479,7 @@ class Sidecar:
         failures = 0
         while True:
             try:
-                await consuming.record_trimmed(
+                await commands.record_trimmed(
                     self._redis, stream, target, settings.group.group, settings.group.consumer, ids)
                 break
             except RedisError as exc:
@@ -501,7 +502,7 @@ class Sidecar:
             except RedisError as exc:
                 failures += 1
                 self._redis_failed(operation, self._read_incident, exc)
-                if consuming.is_nogroup(exc):
+                if commands.is_nogroup(exc):
                     await self._group_lost()
                 else:
                     await asyncio.sleep(backoff(failures, REDIS_RETRY, self._rng))
@@ -530,7 +531,7 @@ class Sidecar:
                 snapshot = [(entry_id, entry.deliveries) for entry_id, entry in held.items()]
                 for start in range(0, len(snapshot), LEASE_BATCH):
                     try:
-                        lost = await consuming.refresh_leases(
+                        lost = await commands.refresh_leases(
                             self._redis, stream, group, me, snapshot[start:start + LEASE_BATCH])
                     except RedisError as exc:
                         self._redis_failed("lease", self._lease_incident, exc)
@@ -706,7 +707,7 @@ class Sidecar:
         incident = Incident(logger, "writing a dead letter")
         while True:
             try:
-                moved = await consuming.dead_letter(
+                moved = await commands.dead_letter(
                     self._redis, entry, target, group.group, group.consumer, reason, detail)
             except RedisError as exc:
                 failures += 1

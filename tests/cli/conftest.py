@@ -15,8 +15,8 @@ import redis.asyncio as aioredis
 from streamgroup_cli import reading
 from streamgroup_cli.__main__ import main
 from streamgroup_core.deadletters import dead_letter_fields
-from streamgroup_sidecar.consuming import dead_letter
-from streamgroup_sidecar.encoding import Entry
+from streamgroup_sidecar.commands import dead_letter
+from streamgroup_sidecar.entries import Entry
 from tests.support.redis_server import RedisServer
 
 

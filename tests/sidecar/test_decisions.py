@@ -13,7 +13,8 @@ import pytest
 
 from streamgroup_core.ids import InvalidEntryID, id_time, start_position, timestamp_to_id
 from streamgroup_sidecar.config import DeliverySettings, RetrySettings
-from streamgroup_sidecar.encoding import Entry, MissingBodyField, RequestBuilder, fields_to_json, header_value
+from streamgroup_sidecar.encoding import MissingBodyField, RequestBuilder, fields_to_json, header_value
+from streamgroup_sidecar.entries import Entry
 from streamgroup_sidecar.ordering import Sequencer
 from streamgroup_sidecar.replies import Action, Attempt, backoff, classify, decide, decide_batch, parse_retry_after
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from streamgroup_sidecar.commands import connect
 from streamgroup_sidecar.config import ConfigError, parse_settings
-from streamgroup_sidecar.consuming import connect
 from tests.sidecar.conftest import running, settings_for, wait_for_pending_zero
 from tests.support.apps import RecordingApp
 from tests.support.redis_server import RedisServer, make_tls

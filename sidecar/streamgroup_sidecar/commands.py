@@ -1,8 +1,12 @@
-"""Redis commands of a consumer: creating the group, reading, acking, dead-lettering, stats.
+"""The sidecar's Redis command layer: every command it sends about its group, and nothing else.
 
-Thin wrappers that turn Redis replies into :class:`~streamgroup_sidecar.encoding.Entry`
-objects. XREADGROUP replies are parsed here rather than by redis-py's callback, which
-folds fields into a dict and would lose a field name repeated in one entry.
+Reading (XREADGROUP, XAUTOCLAIM, delivery counts), acknowledging, dead-lettering, renewing
+leases and finding peers: thin wrappers that turn Redis replies into
+:class:`~streamgroup_sidecar.entries.Entry` objects and back, with no retries and no state
+(the units that call them decide what a failure means). Group management shared with the
+operator and the CLI is in :mod:`streamgroup_core.groups`. XREADGROUP replies are parsed here
+rather than by redis-py's callback, which folds fields into a dict and would lose a field
+name repeated in one entry.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from streamgroup_core.deadletters import dead_letter_fields
 from streamgroup_core.groups import text as _text
 
 from .config import RedisSettings
-from .encoding import Entry, Fields
+from .entries import Entry, Fields
 
 # Dead-lettering must be atomic and must not duplicate: XACK first, and only an entry
 # that was still pending is copied to the dead-letter stream. A MULTI/EXEC could not
