@@ -4,10 +4,11 @@ The sidecar writes dead letters, the operator measures their streams and the CLI
 and purges them; all three must resolve the same key and read the same fields, so both are defined
 here once.
 
-The key template has one placeholder, ``{stream}``, replaced by the source stream's key. Braces
-that belong in the key itself are doubled, as in Python's ``str.format``: ``dlq{{v2}}:{stream}``
-gives ``dlq{v2}:orders``, and ``{{{stream}}}:dead`` gives ``{orders}:dead`` (a Redis Cluster hash
-tag that keeps the dead letters in their stream's slot). Anything else in braces is refused.
+The key template has one placeholder, ``{stream}``, replaced by the source stream's key; every
+other character is the key's own, braces included, so that Redis Cluster hash tags need no
+escaping: ``{{stream}}:dead`` gives ``{orders}:dead``, in the slot of ``orders``, and
+``dlq{v2}:{stream}`` gives ``dlq{v2}:orders``. A source that has a hash tag keeps it in its dead
+letter key under the default template: ``orders:{3}`` → ``orders:{3}:dead``.
 
 A dead letter is the source entry's fields, after metadata fields named ``sg:…`` (stream, ID,
 group, consumer, deliveries, reason, detail, time) that come first, each once.
@@ -16,7 +17,6 @@ group, consumer, deliveries, reason, detail, time) that come first, each once.
 from __future__ import annotations
 
 import re
-import string
 from collections.abc import Sequence
 
 DEFAULT_TEMPLATE = "{stream}:dead"
@@ -30,42 +30,26 @@ class InvalidTemplate(ValueError):
     """A dead-letter key template that does not follow the syntax; the message says what is wrong."""
 
 
-def _pieces(template: str) -> list[tuple[str, bool]]:
-    """``(literal text, followed by {stream})`` pieces of ``template``, or :class:`InvalidTemplate`."""
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise InvalidTemplate(f"{template!r}: {exc}; write a brace that belongs in the key twice ({{{{ or }}}})"
-                              ) from None
-    pieces = []
-    for literal, name, spec, conversion in parsed:
-        if name is not None and (name != "stream" or spec or conversion):
-            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
-            raise InvalidTemplate(f"{template!r}: {shown} is not a placeholder; the only one is {{stream}} "
-                                  "(write a brace that belongs in the key twice)")
-        pieces.append((literal, name is not None))
-    if not any(has_stream for _, has_stream in pieces):
-        raise InvalidTemplate(f"{template!r} must contain {{stream}}, e.g. {DEFAULT_TEMPLATE}")
-    return pieces
+PLACEHOLDER = "{stream}"
 
 
 def check_template(template: str) -> str:
-    """``template`` if it follows the syntax; :class:`InvalidTemplate` otherwise."""
-    _pieces(template)
+    """``template`` if it has the placeholder; :class:`InvalidTemplate` otherwise."""
+    if PLACEHOLDER not in template:
+        raise InvalidTemplate(f"{template!r} must contain {PLACEHOLDER}, e.g. {DEFAULT_TEMPLATE}")
     return template
 
 
 def dead_letter_key(template: str, stream: str) -> str:
     """The dead-letter stream of ``stream``."""
-    return "".join(literal + (stream if has_stream else "") for literal, has_stream in _pieces(template))
+    return check_template(template).replace(PLACEHOLDER, stream)
 
 
 def source_of(template: str, key: str) -> str | None:
     """The stream whose dead-letter stream ``key`` is under ``template``, or ``None`` if it is not one."""
-    pattern = ""
-    for literal, has_stream in _pieces(template):
-        pattern += re.escape(literal) + ("(?P<stream>.+)" if has_stream and "(?P<stream>" not in pattern
-                                         else "(?P=stream)" if has_stream else "")
+    literals = [re.escape(part) for part in check_template(template).split(PLACEHOLDER)]
+    pattern = literals[0] + "".join(("(?P<stream>.+)" if i == 0 else "(?P=stream)") + literal
+                                    for i, literal in enumerate(literals[1:]))
     match = re.fullmatch(pattern, key, re.DOTALL)
     return match.group("stream") if match else None
 

@@ -378,8 +378,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("dead-letter-statuses", "delivery.dead_letter_statuses", _status_set, "400,413,415,422",
            "HTTP statuses meaning the entry can never succeed: dead-lettered without retry. Empty: none."),
     Option("dead-letter-stream", "delivery.dead_letter_stream", _dead_letter_template, DEFAULT_TEMPLATE,
-           "Dead-letter stream key; `{stream}` is replaced by the source stream, and a brace that belongs "
-           "in the key is doubled (`{{`, `}}`)."),
+           "Dead-letter stream key; `{stream}` is replaced by the source stream, every other character is "
+           "the key's own (`{{stream}}:dead` is the hash tag `{orders}:dead`)."),
     Option("cloudevents-type", "delivery.cloudevents_type", _non_empty, "io.streamgroup.entry",
            "Value of the `ce-type` header."),
     Option("http-client", "delivery.http_client", _choice("builtin", "pyreqwest", "aiohttp"), "builtin",

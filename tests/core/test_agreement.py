@@ -1,5 +1,5 @@
 """The parts agree on what they share: a dead-letter stream the sidecar writes is the one the
-operator measures and the CLI lists, whatever the template (here, one with literal braces)."""
+operator measures and the CLI lists, whatever the template (here, one making a hash tag)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tests.sidecar.conftest import running, wait_for_pending_zero
 from tests.support.apps import Received, RecordingApp
 from tests.support.redis_server import RedisServer
 
-TEMPLATE = "dlq{{v2}}:{stream}"
+TEMPLATE = "{{stream}}:dead"
 
 
 def drop(_: Received) -> web.StreamResponse:
@@ -53,7 +53,7 @@ class TestDeadLetterStreams:
         finally:
             await app.stop()
 
-        assert client.xlen("dlq{v2}:orders") == 5
+        assert client.xlen("{orders}:dead") == 5
         operator_client = grouping.connect(Endpoint(spec.redis.address))
         try:
             stats = await grouping.measure(operator_client, list(spec.streams), spec.group,
@@ -65,7 +65,7 @@ class TestDeadLetterStreams:
         client = prepare(client)  # as the CLI's own connection is
         [dlq] = dead_letter_streams(client, None, target)
         letters, total = list_dead_letters(client, dlq, 10)
-        assert (dlq, total) == ("dlq{v2}:orders", 5)
+        assert (dlq, total) == ("{orders}:dead", 5)
         assert {letter.get("reason") for letter in letters} == {"dropped"}
         # Given the dead-letter stream or its source, the CLI finds the same one.
         assert dead_letter_streams(client, "orders", target) == dead_letter_streams(client, dlq, target) == [dlq]

@@ -83,7 +83,6 @@ class TestParsing:
         (minimal(delivery={"maxInFlight": "many"}), r"spec\.delivery\.maxInFlight must be a whole number"),
         (minimal(delivery={"maxInFlight": True}), r"spec\.delivery\.maxInFlight must be a whole number"),
         (minimal(delivery={"deadLetterStream": "dlq"}), "must contain {stream}"),
-        (minimal(delivery={"deadLetterStream": "dlq{v2}:{stream}"}), "the only one is {stream}"),
         (minimal(claim={"minIdle": "30"}), r"spec\.claim\.minIdle: .*add a unit"),
         (minimal(startFrom="yesterday"), r"spec\.startFrom"),
         (minimal(autoscaling={}), r"spec\.autoscaling\.maxReplicas is required"),
