@@ -26,8 +26,16 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.connection import parse_url as parse_async_url
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.asyncio.sentinel import SentinelManagedConnection as AsyncSentinelManagedConnection
+from redis.cluster import ClusterNode as SyncClusterNode
+from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.connection import parse_url as parse_sync_url
+from redis.sentinel import Sentinel as SyncSentinel
+from redis.sentinel import SentinelManagedConnection as SyncSentinelManagedConnection
 
 from .redaction import hide_url_passwords, url_password
 
@@ -62,9 +70,28 @@ class Tls:
             raise ValueError("a client certificate and its key go together")
 
 
+MODES = ("standalone", "cluster", "sentinel")
+DEFAULT_SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True)
+class Sentinels:
+    """Sentinel mode: the name the sentinels know the primary by, and how to log in to them."""
+
+    master_name: str
+    username: str | None = None
+    """ACL user on the sentinels; they often have other credentials than the data nodes, or none."""
+    password: str | None = field(default=None, repr=False)
+
+
 @dataclass(frozen=True)
 class Endpoint:
-    """How to reach one Redis; secrets stay out of ``repr`` and :attr:`label`."""
+    """How to reach one Redis deployment; secrets stay out of ``repr`` and :attr:`label`.
+
+    ``standalone``: :attr:`url` is one server. ``cluster``: it lists seed nodes, comma-separated
+    (``redis://redis-0:6379,redis-1:6379``); the client discovers the others. ``sentinel``: it lists
+    the sentinels (default port 26379), which say where the primary named in :attr:`sentinels` is.
+    """
 
     url: str = DEFAULT_URL
     """``redis://``, ``rediss://`` (TLS) or ``unix://``; may carry a user, a password and the db."""
@@ -73,10 +100,20 @@ class Endpoint:
     password: str | None = field(default=None, repr=False)
     """Wins over the URL's."""
     tls: Tls = field(default_factory=Tls)
-    """Used with ``rediss://`` only."""
+    """Used with ``rediss://`` only (for the sentinels too, in sentinel mode)."""
+    mode: str = "standalone"
+    sentinels: Sentinels | None = None
+    """Required in sentinel mode, refused in the others."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown Redis mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if (self.mode == "sentinel") != (self.sentinels is not None):
+            raise ValueError("sentinel mode needs the primary's name, and only sentinel mode takes one")
 
     def __repr__(self) -> str:
-        return f"Endpoint(url={self.label!r}, username={self.username!r}, tls={self.tls!r})"
+        return (f"Endpoint(url={self.label!r}, username={self.username!r}, tls={self.tls!r}, mode={self.mode!r}, "
+                f"sentinels={self.sentinels!r})")
 
     @property
     def uses_tls(self) -> bool:
@@ -90,7 +127,56 @@ class Endpoint:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values to scrub from any text shown (see :func:`~streamgroup_core.redaction.redact`)."""
-        return tuple(s for s in (self.password, url_password(self.url)) if s)
+        sentinel = self.sentinels.password if self.sentinels is not None else None
+        return tuple(s for s in (self.password, url_password(self.url), sentinel) if s)
+
+    def hosts(self) -> list[tuple[str, int]]:
+        """The addresses the URL lists (one in standalone mode)."""
+        return split_url(self.url, DEFAULT_SENTINEL_PORT if self.mode == "sentinel" else 6379).hosts
+
+
+@dataclass(frozen=True)
+class UrlParts:
+    scheme: str
+    username: str | None
+    password: str | None
+    hosts: list[tuple[str, int]]
+    db: int
+
+
+def split_url(url: str, default_port: int = 6379) -> UrlParts:
+    """A ``redis://`` or ``rediss://`` URL that may list several ``host:port``, comma-separated.
+
+    ValueError names what is wrong (never the password).
+    """
+    scheme, sep, rest = url.strip().partition("://")
+    if not sep or scheme not in ("redis", "rediss"):
+        raise ValueError("must start with redis:// or rediss://")
+    netloc, _, path = rest.partition("/")
+    netloc = netloc.split("?", 1)[0]
+    userinfo, at, hostlist = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = urllib.parse.unquote(user) or None
+        password = urllib.parse.unquote(secret) if colon else None
+    hosts: list[tuple[str, int]] = []
+    for item in hostlist.split(","):
+        item = item.strip()
+        if not item:
+            raise ValueError("has an empty address in its list of hosts")
+        try:
+            parsed = urllib.parse.urlsplit(f"//{item}")
+            host, port = parsed.hostname, parsed.port
+        except ValueError:
+            raise ValueError(f"has an invalid port in {item!r}") from None
+        if not host:
+            raise ValueError(f"has no host in {item!r}")
+        hosts.append((host, port or default_port))
+    db_text = path.split("?", 1)[0].strip("/")
+    if db_text and not db_text.isdigit():
+        raise ValueError("database (the path) must be a number")
+    return UrlParts(scheme, username, password, hosts, int(db_text or 0))
 
 
 def url_for(host: str, port: int = 6379, db: int = 0, tls: bool = False) -> str:
@@ -99,9 +185,16 @@ def url_for(host: str, port: int = 6379, db: int = 0, tls: bool = False) -> str:
     return f"{'rediss' if tls else 'redis'}://{shown}:{port}/{db}"
 
 
-def check_url(text: str) -> str:
-    """``text`` (stripped) if it is a Redis URL this module can use; a ValueError saying why otherwise."""
+def check_url(text: str, mode: str = "standalone") -> str:
+    """``text`` (stripped) if it is a Redis URL this module can use in ``mode``; a ValueError saying why otherwise."""
     text = text.strip()
+    if mode != "standalone":
+        listed = split_url(text, DEFAULT_SENTINEL_PORT if mode == "sentinel" else 6379)
+        if mode == "cluster" and listed.db:
+            raise ValueError("a Redis Cluster has only database 0")
+        return text
+    if "," in text.partition("://")[2].partition("/")[0]:
+        raise ValueError("lists several hosts: that is for cluster or sentinel mode")
     parts = urllib.parse.urlsplit(text)
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise ValueError("must start with redis://, rediss:// or unix://")
@@ -149,27 +242,31 @@ def ssl_context(tls: Tls) -> ssl.SSLContext:
     return context
 
 
-class _AsyncTlsConnection(aioredis.Connection):
-    """An asyncio connection whose TLS context is built from :class:`Tls` when it connects."""
+def _bound(base: type[Any], tls: Tls) -> type[Any]:
+    """``base`` with ``tls`` as a class attribute: redis-py builds connections from a class and
+    keyword arguments, and the cluster and sentinel clients do not pass unknown arguments on."""
+    return type(base.__name__, (base,), {"tls": tls})
 
-    def __init__(self, *, tls: Tls, **kwargs: Any) -> None:
-        self.tls = tls
-        super().__init__(**kwargs)
+
+class _AsyncTls:
+    """Mixin: an asyncio connection whose TLS context is built from :class:`Tls` when it connects."""
+
+    tls: Tls
+    host: str
 
     def _connection_arguments(self) -> dict[str, Any]:
-        return {**super()._connection_arguments(), "ssl": ssl_context(self.tls),
+        return {**super()._connection_arguments(), "ssl": ssl_context(self.tls),  # type: ignore[misc]
                 "server_hostname": self.tls.server_name or self.host}
 
 
-class _SyncTlsConnection(redis.Connection):
-    """A blocking connection whose TLS context is built from :class:`Tls` when it connects."""
+class _SyncTls:
+    """Mixin: a blocking connection whose TLS context is built from :class:`Tls` when it connects."""
 
-    def __init__(self, *, tls: Tls, **kwargs: Any) -> None:
-        self.tls = tls
-        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
+    tls: Tls
+    host: str
 
     def _connect(self) -> Any:
-        sock = super()._connect()  # type: ignore[no-untyped-call]
+        sock = super()._connect()  # type: ignore[misc]
         try:
             return ssl_context(self.tls).wrap_socket(sock, server_hostname=self.tls.server_name or self.host)
         except BaseException:
@@ -177,35 +274,117 @@ class _SyncTlsConnection(redis.Connection):
             raise
 
 
-def _options(endpoint: Endpoint, parsed: dict[str, Any], tls_class: type) -> dict[str, Any]:
-    options = dict(parsed)
+class _AsyncTlsConnection(_AsyncTls, aioredis.Connection):
+    pass
+
+
+class _SyncTlsConnection(_SyncTls, redis.Connection):
+    pass
+
+
+class _AsyncSentinelTlsConnection(_AsyncTls, AsyncSentinelManagedConnection):
+    pass
+
+
+class _SyncSentinelTlsConnection(_SyncTls, SyncSentinelManagedConnection):
+    pass
+
+
+def _standalone(endpoint: Endpoint, parsed: dict[str, Any]) -> dict[str, Any]:
+    """redis-py's own reading of a one-server URL (unix sockets, query options), with the endpoint's credentials."""
     if endpoint.username is not None:
-        options["username"] = endpoint.username
+        parsed["username"] = endpoint.username
     if endpoint.password is not None:
-        options["password"] = endpoint.password
-    if endpoint.uses_tls:
-        options["connection_class"] = tls_class
-        options["tls"] = endpoint.tls
-    return options
+        parsed["password"] = endpoint.password
+    return parsed
+
+
+def _credentials(endpoint: Endpoint, parts: UrlParts) -> dict[str, Any]:
+    username = endpoint.username if endpoint.username is not None else parts.username
+    password = endpoint.password if endpoint.password is not None else parts.password
+    return {"username": username, "password": password}
 
 
 def async_client(endpoint: Endpoint, *, socket_timeout: float, connect_timeout: float = 5.0,
-                 **options: Any) -> aioredis.Redis:
+                 **options: Any) -> Any:
     """An asyncio client for ``endpoint``; ``options`` go to redis-py's connections (e.g. ``socket_keepalive``).
 
-    A command that gets no reply within ``socket_timeout`` fails (it is never retried silently).
-    Raises ``ValueError`` for a URL redis-py cannot use.
+    Standalone and sentinel mode give a ``redis.asyncio.Redis`` (in sentinel mode its connections
+    ask the sentinels where the primary is whenever they connect, so a failover is followed by
+    reconnecting); cluster mode gives a ``redis.asyncio.RedisCluster``. A command that gets no reply
+    within ``socket_timeout`` fails (it is never retried silently). ValueError for a URL it cannot use.
     """
-    settings = _options(endpoint, dict(parse_async_url(endpoint.url)), _AsyncTlsConnection)
-    settings.update(socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout, retry_on_timeout=False,
-                    **options)
+    timeouts = {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout, **options}
+    if endpoint.mode == "cluster":
+        return _async_cluster(endpoint, timeouts)
+    if endpoint.mode == "sentinel":
+        return _async_sentinel(endpoint, timeouts)
+    settings = _standalone(endpoint, dict(parse_async_url(endpoint.url)))
+    if endpoint.uses_tls:
+        settings["connection_class"] = _bound(_AsyncTlsConnection, endpoint.tls)
+    settings.update(retry_on_timeout=False, **timeouts)
     return aioredis.Redis.from_pool(aioredis.ConnectionPool(**settings))
 
 
+def _async_cluster(endpoint: Endpoint, timeouts: dict[str, Any]) -> Any:
+    parts = split_url(endpoint.url)
+    client = AsyncRedisCluster(startup_nodes=[AsyncClusterNode(host, port) for host, port in parts.hosts],
+                               **_credentials(endpoint, parts), **timeouts)
+    if endpoint.uses_tls:
+        # The client keeps one dict of connection arguments for every node it finds; the seed nodes
+        # were made from it already, so they are made again.
+        client.connection_kwargs["connection_class"] = _bound(_AsyncTlsConnection, endpoint.tls)
+        manager = client.nodes_manager
+        manager.startup_nodes = {node.name: AsyncClusterNode(node.host, node.port, **client.connection_kwargs)
+                                 for node in manager.startup_nodes.values()}
+    return client
+
+
+def _async_sentinel(endpoint: Endpoint, timeouts: dict[str, Any]) -> Any:
+    assert endpoint.sentinels is not None
+    parts = split_url(endpoint.url, DEFAULT_SENTINEL_PORT)
+    sentinels = endpoint.sentinels
+    manager = AsyncSentinel([], **timeouts)
+    scheme = parts.scheme
+    manager.sentinels = [
+        async_client(Endpoint(url_for(host, port, 0, tls=scheme == "rediss"), username=sentinels.username,
+                              password=sentinels.password, tls=endpoint.tls), **timeouts)
+        for host, port in parts.hosts
+    ]
+    kind = _AsyncSentinelTlsConnection if endpoint.uses_tls else AsyncSentinelManagedConnection
+    return manager.master_for(sentinels.master_name, connection_class=_bound(kind, endpoint.tls), db=parts.db,
+                              **_credentials(endpoint, UrlParts(scheme, None, None, [], 0)), **timeouts)
+
+
 def sync_client(endpoint: Endpoint, *, socket_timeout: float, connect_timeout: float = 5.0,
-                **options: Any) -> redis.Redis:
+                **options: Any) -> Any:
     """A blocking client for ``endpoint`` (for the CLI); same meaning of every setting as :func:`async_client`."""
-    settings = _options(endpoint, dict(parse_sync_url(endpoint.url)), _SyncTlsConnection)  # type: ignore[no-untyped-call]
-    settings.update(socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout, retry_on_timeout=False,
-                    **options)
+    timeouts = {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout, **options}
+    if endpoint.mode == "cluster":
+        parts = split_url(endpoint.url)
+        (host, port), *others = parts.hosts
+        tls: dict[str, Any] = {}
+        if endpoint.uses_tls:
+            tls["connection_class"] = _bound(_SyncTlsConnection, endpoint.tls)
+        # With a url the client makes every node's pool from a connection class; seeds beyond the first
+        # are startup nodes.
+        return SyncRedisCluster(url=url_for(host, port), startup_nodes=[SyncClusterNode(h, p) for h, p in others],
+                                **_credentials(endpoint, parts), **tls, **timeouts)
+    if endpoint.mode == "sentinel":
+        assert endpoint.sentinels is not None
+        parts = split_url(endpoint.url, DEFAULT_SENTINEL_PORT)
+        sentinels = endpoint.sentinels
+        manager = SyncSentinel([], **timeouts)
+        manager.sentinels = [
+            sync_client(Endpoint(url_for(host, port, 0, tls=parts.scheme == "rediss"), username=sentinels.username,
+                                 password=sentinels.password, tls=endpoint.tls), **timeouts)
+            for host, port in parts.hosts
+        ]
+        kind = _SyncSentinelTlsConnection if endpoint.uses_tls else SyncSentinelManagedConnection
+        return manager.master_for(sentinels.master_name, connection_class=_bound(kind, endpoint.tls), db=parts.db,
+                                  **_credentials(endpoint, UrlParts(parts.scheme, None, None, [], 0)), **timeouts)
+    settings = _standalone(endpoint, dict(parse_sync_url(endpoint.url)))
+    if endpoint.uses_tls:
+        settings["connection_class"] = _bound(_SyncTlsConnection, endpoint.tls)
+    settings.update(retry_on_timeout=False, **timeouts)
     return redis.Redis.from_pool(redis.ConnectionPool(**settings))

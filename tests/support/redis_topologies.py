@@ -110,7 +110,10 @@ class _Node:
         while port_is_open(self.port) and time.monotonic() < deadline:
             time.sleep(0.02)
 
+    password: str | None = None
+
     def client(self, **kwargs: Any) -> redis.Redis:
+        kwargs.setdefault("password", self.password)
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, **kwargs)
 
     def log(self) -> str:
@@ -121,18 +124,22 @@ class _Node:
 class RedisCluster:
     """Three primaries and three replicas, ``cluster-node-timeout`` short so failovers take seconds."""
 
-    def __init__(self, node_timeout_ms: int = 1000) -> None:
+    def __init__(self, node_timeout_ms: int = 1000, password: str | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="sg-cluster-"))
         self.ports = cluster_ports(6)
+        self.password = password
+        auth = ["--requirepass", password, "--masterauth", password] if password else []
         self.nodes = [
             _Node(self.dir / str(port), port, [
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", str(node_timeout_ms), "--save", "", "--appendonly", "no",
                 # A replica may take over however long it was cut off: the tests kill primaries on purpose.
-                "--cluster-replica-validity-factor", "0",
+                "--cluster-replica-validity-factor", "0", *auth,
             ])
             for port in self.ports
         ]
+        for node in self.nodes:
+            node.password = password
 
     @property
     def seeds(self) -> str:
@@ -145,7 +152,8 @@ class RedisCluster:
         for node in self.nodes:
             _wait(lambda node=node: node.client().ping(), 10, f"node {node.port} answering")
         created = subprocess.run(
-            ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
+            ["redis-cli", *(["-a", self.password, "--no-auth-warning"] if self.password else []),
+             "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
              "--cluster-replicas", "1", "--cluster-yes"],
             capture_output=True, text=True, timeout=120)
         if created.returncode != 0:
@@ -213,7 +221,8 @@ class RedisCluster:
         raise LookupError(f"no primary serves slot {slot}")
 
     def client(self) -> redis.RedisCluster:
-        return redis.RedisCluster(host="127.0.0.1", port=self._live_node().port, socket_timeout=5)
+        return redis.RedisCluster(host="127.0.0.1", port=self._live_node().port, socket_timeout=5,
+                                  password=self.password)
 
     def cleanup(self) -> None:
         for node in self.nodes:
