@@ -12,12 +12,15 @@ App's answer                    What the sidecar does
 a dead-letter status (config)   dead-letter at once, reason ``status-<code>``
 429 / 503 + ``Retry-After``     retry after the time asked (capped), else back-off
 other 4xx / 5xx                 retry with back-off
-timeout, connection error       retry with back-off
+timeout, broken connection      retry with back-off
+not HTTP, over the size limits  retry with back-off (reason ``bad-reply``)
+refused, TLS handshake failed   retry; never counts towards ``max-deliveries`` (app unreachable)
 ==============================  ===========================================================
 
 An entry whose delivery count reaches ``max-deliveries`` is dead-lettered instead of
 retried, with reason ``max-deliveries`` and the last failure kept. An app that refuses
-connections is down, which is not the entry's fault: such attempts never count.
+connections, or whose TLS handshake fails, is unreachable, which is not the entry's fault:
+such attempts never count (see :func:`unreachable`).
 """
 
 from __future__ import annotations
@@ -50,7 +53,17 @@ class Attempt:
     content_type: str = ""
     retry_after: str | None = None
     error: str | None = None
-    """``timeout`` or ``connection`` (app unreachable) or another short error name."""
+    """A short name: ``connection`` (could not connect), ``tls`` (the TLS handshake failed: certificate
+    not trusted, not TLS at all), ``timeout``, ``disconnected`` (the connection ended before the reply
+    did), ``bad-reply`` (not HTTP, headers or a JSON body over the limits), ``bad-request``."""
+
+
+def unreachable(attempt: Attempt) -> bool:
+    """The request never reached the app (``connection`` or ``tls``): the app is down or misconfigured.
+
+    Such an attempt says nothing about the entry, so it never counts towards ``max-deliveries``.
+    """
+    return attempt.error == "connection" or attempt.error == "tls"
 
 
 def wants_body(status: int, content_type: str) -> bool:
@@ -127,10 +140,10 @@ def classify(attempt: Attempt, delivery: DeliverySettings, retry: RetrySettings)
 
 
 def _capped(verdict: Verdict, attempt: Attempt, deliveries: int, delivery: DeliverySettings) -> Verdict:
-    """Turn a retry into a dead letter once ``max_deliveries`` is used up (refused connections never count)."""
+    """Turn a retry into a dead letter once ``max_deliveries`` is used up (unreachable apps never count)."""
     if (
         verdict.action is Action.RETRY
-        and attempt.error != "connection"
+        and not unreachable(attempt)
         and delivery.max_deliveries
         and deliveries >= delivery.max_deliveries
     ):
