@@ -1,8 +1,9 @@
 """The built-in HTTP/1.1 client on the wire: keep-alive, its races, and replies of every shape.
 
-The app here is a raw TCP server whose replies the tests write byte for byte, so each case is
-exactly the one named (a connection closed while idle, a reply with no length, an interim
-``100 Continue``, garbage) rather than whatever a real server framework happens to send.
+The app here is a raw TCP server whose replies the tests write byte for byte
+(tests/support/raw_app.py), so each case is exactly the one named (a connection closed while
+idle, a reply with no length, an interim ``100 Continue``, garbage) rather than whatever a real
+server framework happens to send.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import ssl
 import struct
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -26,6 +26,7 @@ from streamgroup_sidecar.encoding import Request
 from streamgroup_sidecar.posting import BuiltinDeliverer, ConnectionPool
 from tests.support.apps import RecordingApp
 from tests.support.ports import free_port
+from tests.support.raw_app import Answer, RawApp, Seen, answering, raw_apps, reply
 from tests.support.redis_server import make_tls
 
 
@@ -34,98 +35,10 @@ def request(entry_id: str = "1-0", **headers: str) -> Request:
                                                     **headers})
 
 
-def reply(status: int = 200, body: bytes = b"", *headers: str) -> bytes:
-    head = "".join(f"{h}\r\n" for h in headers)
-    return f"HTTP/1.1 {status} X\r\n{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
-
-
-@dataclass
-class Seen:
-    connection: int
-    head: str
-    body: bytes
-
-    def header(self, name: str) -> str | None:
-        for line in self.head.split("\r\n")[1:]:
-            key, _, value = line.partition(":")
-            if key.lower() == name.lower():
-                return value.strip()
-        return None
-
-
-Answer = Callable[[Seen, asyncio.StreamWriter], Awaitable[bool]]
-"""Writes the reply to one request; returns whether to keep reading requests on the connection."""
-
-
-@dataclass
-class RawApp:
-    answer: Answer
-    port: int = 0
-    requests: list[Seen] = field(default_factory=list)
-    connections: int = 0
-    _server: asyncio.Server | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/deliver"
-
-    async def start(self) -> RawApp:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    def stop_listening(self) -> None:
-        """New connections are refused from now on; open ones stay."""
-        assert self._server is not None
-        self._server.close()
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        number = self.connections
-        try:
-            while True:
-                try:
-                    head = (await reader.readuntil(b"\r\n\r\n")).decode()
-                except asyncio.IncompleteReadError:
-                    return
-                seen = Seen(number, head, b"")
-                length = seen.header("content-length")
-                seen.body = await reader.readexactly(int(length)) if length else b""
-                self.requests.append(seen)
-                if not await self.answer(seen, writer):
-                    return
-        finally:
-            writer.close()
-
-
-def answering(*replies: bytes, keep: bool = True) -> Answer:
-    """Answers each request with ``replies`` in turn (the last one for the rest)."""
-    count = 0
-
-    async def answer(seen: Seen, writer: asyncio.StreamWriter) -> bool:
-        nonlocal count
-        writer.write(replies[min(count, len(replies) - 1)])
-        count += 1
-        await writer.drain()
-        return keep
-    return answer
-
-
 @pytest.fixture
 async def raw_app() -> AsyncIterator[Callable[[Answer], Awaitable[RawApp]]]:
-    started: list[RawApp] = []
-
-    async def start(answer: Answer) -> RawApp:
-        started.append(await RawApp(answer).start())
-        return started[-1]
-    yield start
-    for app in started:
-        await app.stop()
+    async for start in raw_apps():
+        yield start
 
 
 class TestConnectionsAreKeptAlive:
