@@ -24,16 +24,20 @@ What it does, and all it does:
   fresh connection cannot even be made, the outcome is ``disconnected``, not ``connection``:
   the app may have received the request and crashed on it, so the attempt must count
   towards ``--max-deliveries``.
-- Replies: status, ``Content-Type``, ``Retry-After``, and a JSON body of at most ``max_body``
-  bytes (larger bodies are read and dropped). Chunked bodies, ``Connection: close`` and
+- Replies: status, ``Content-Type``, ``Retry-After``, and the body of a 2xx JSON reply (other
+  bodies are read and dropped, whatever their size). Chunked bodies, ``Connection: close`` and
   HTTP/1.0 replies are the parser's job; interim (1xx) replies are skipped; a reply without a
   length ends when the app closes the connection.
+- Limits, so that no app can take the sidecar's memory: a header block over ``MAX_HEAD_BYTES``
+  (64 KiB) or a 2xx JSON body over ``max_body`` (1 MiB) is a bad reply, and the connection is
+  dropped at once. An oversized JSON body is not an acknowledgement: it may carry a RETRY.
 - No redirects, proxies, cookies or compression: none means anything for a delivery.
 
 Every outcome is an :class:`~streamgroup_sidecar.replies.Attempt`; transport errors are the
-short names ``connection`` (could not connect), ``timeout``, ``disconnected`` (the connection
-ended before the reply did), ``bad-reply`` (not HTTP) and ``bad-request`` (a header that would
-split the request; nothing is sent).
+short names ``connection`` (could not connect), ``tls`` (the TLS handshake failed: certificate
+not trusted, or the app does not speak TLS), ``timeout``, ``disconnected`` (the connection
+ended before the reply did), ``bad-reply`` (not HTTP, or over the limits) and ``bad-request``
+(a header that would split the request; nothing is sent).
 """
 
 from __future__ import annotations
@@ -49,8 +53,12 @@ from .encoding import Request
 from .replies import Attempt, wants_body
 
 USER_AGENT = "streamgroup-sidecar"
-# Replies are only read to find {"status": ...} (or a batch's "statuses"); a larger body is not one.
+# Replies are only read to find {"status": ...} (or a batch's "statuses"): a larger 2xx JSON body
+# is not an answer but a bad reply (acking it would drop the statuses it may carry).
 MAX_REPLY_BYTES = 1024 * 1024
+# A reply's header block (status line and fields) larger than this is a bad reply, and the
+# connection is dropped: without a cap, an app sending headers without end takes all our memory.
+MAX_HEAD_BYTES = 64 * 1024
 # An idle connection this old is dropped when next picked, not reused: below the keep-alive
 # timeouts of common app servers (uvicorn and Node 5 s, Go 90 s+), so the app seldom closes one first.
 IDLE_LIMIT = 4.0
@@ -60,6 +68,11 @@ _DISCONNECTED = Attempt(error="disconnected")
 _BAD_REPLY = Attempt(error="bad-reply")
 _BAD_REQUEST = Attempt(error="bad-request")
 _CONNECTION = Attempt(error="connection")
+_TLS = Attempt(error="tls")
+
+
+class _OverLimit(Exception):
+    """A body over the limit: raised in on_body, feed_data turns it into HttpParserCallbackError."""
 
 
 class _Connection(asyncio.Protocol):
@@ -83,6 +96,7 @@ class _Connection(asyncio.Protocol):
         self._keep_body = False
         self._body: list[bytes] = []
         self._size = 0
+        self._head_room = MAX_HEAD_BYTES  # bytes the header block may still take
 
     def send(self, data: bytes, waiter: asyncio.Future[Attempt]) -> None:
         assert self.transport is not None
@@ -111,13 +125,40 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
         self.received = True
+        if len(data) > self._head_room and not self._status:
+            self._feed_head(data)  # seldom: more bytes than the header block has room for
+            return
         try:
             self._parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # not HTTP, or a protocol switch
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # not HTTP, a protocol switch, too big
             self._resolve(_BAD_REPLY)
             self.abort()
+            return
+        if not self._status:  # the header block goes on in the next read
+            self._head_room -= len(data)
+
+    def _feed_head(self, data: bytes | memoryview) -> None:
+        """Feed only as much as the header block has room for: it must end within it.
+
+        The cap counts bytes as they arrive, not header fields, so that it costs nothing on the
+        common path, and because httptools holds a header value until it ends: one header without
+        end would otherwise take all our memory.
+        """
+        view = memoryview(data)
+        room = self._head_room
+        try:
+            self._parser.feed_data(view[:room])
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            self._resolve(_BAD_REPLY)
+            self.abort()
+            return
+        if not self._status:  # no room left, and still no end of the header block
+            self._resolve(_BAD_REPLY)
+            self.abort()
+            return
+        self.data_received(view[room:])  # the body (or, after an interim reply, the next head)
 
     def eof_received(self) -> bool:
         return False  # close our side too: a half-closed connection is no use
@@ -162,8 +203,9 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self._keep_body:
             self._size += len(body)
-            if self._size <= self._max_body:
-                self._body.append(body)
+            if self._size > self._max_body:
+                raise _OverLimit  # not an answer: a bad reply, and no point reading the rest
+            self._body.append(body)
 
     def on_message_complete(self) -> None:
         if 100 <= self._status < 200:
@@ -173,8 +215,7 @@ class _Connection(asyncio.Protocol):
         self._complete()
 
     def _complete(self) -> None:
-        keep = self._keep_body and self._size <= self._max_body
-        self._resolve(Attempt(status=self._status, body=b"".join(self._body) if keep else b"",
+        self._resolve(Attempt(status=self._status, body=b"".join(self._body) if self._keep_body else b"",
                               content_type=self._content_type, retry_after=self._retry_after))
 
 
@@ -232,7 +273,7 @@ class ConnectionPool:
         # The app had closed it while it sat idle (or crashed on this very request): once more, on a
         # fresh connection; if none can be made, the attempt still counts (it is not "connection").
         attempt = await self._on_fresh_connection(loop, data, deadline)
-        return _DISCONNECTED if attempt is _CONNECTION else attempt
+        return _DISCONNECTED if attempt is _CONNECTION or attempt is _TLS else attempt
 
     async def _on_fresh_connection(self, loop: asyncio.AbstractEventLoop, data: bytes, deadline: float) -> Attempt:
         connection = await self._connect(loop, deadline)
@@ -247,7 +288,12 @@ class ConnectionPool:
                     self._new_connection, self._host, self._port, ssl=self._ssl)
         except TimeoutError:
             return _TIMEOUT
-        except OSError:  # refused, unreachable, or TLS failed (ssl.SSLError is an OSError)
+        except ssl.SSLError:  # the certificate is not trusted, or the app does not speak TLS
+            return _TLS
+        except (ConnectionResetError, ConnectionAbortedError):
+            # Connected, then dropped: with TLS, by the app during the handshake.
+            return _TLS if self._ssl is not None else _CONNECTION
+        except OSError:  # refused or unreachable
             return _CONNECTION
         if self._closed:  # close() came first, or while connecting
             connection.abort()

@@ -73,18 +73,6 @@ def outcome(attempt: Attempt) -> tuple[int | None, str | None]:
 
 
 KNOWN_DEFECTS = {
-    # builtin: fixed in posting.py
-    "test_a_header_block_of_a_megabyte_is_a_bad_reply[builtin-many headers]",
-    "test_a_header_block_of_a_megabyte_is_a_bad_reply[builtin-one header]",
-    "test_a_header_block_over_64_kib_is_a_bad_reply[builtin-70-kb]",
-    "test_a_json_reply_over_the_limit_is_a_bad_reply_not_an_acknowledgement[builtin-chunked]",
-    "test_a_json_reply_over_the_limit_is_a_bad_reply_not_an_acknowledgement[builtin-close]",
-    "test_a_json_reply_over_the_limit_is_a_bad_reply_not_an_acknowledgement[builtin-length]",
-    "test_an_app_that_does_not_complete_the_tls_handshake_is_a_tls_failure[builtin-hang-up]",
-    "test_an_app_that_does_not_complete_the_tls_handshake_is_a_tls_failure[builtin-plain-http]",
-    "test_an_app_whose_certificate_is_not_trusted_is_a_tls_failure_and_gets_nothing[builtin]",
-    "test_headers_without_end_are_not_read_past_the_limit[builtin-many headers]",
-    "test_headers_without_end_are_not_read_past_the_limit[builtin-one header]",
     # pyreqwest: fixed in delivering_pyreqwest.py
     "test_a_header_block_of_a_megabyte_is_a_bad_reply[pyreqwest-many headers]",
     "test_a_header_block_of_a_megabyte_is_a_bad_reply[pyreqwest-one header]",
