@@ -73,23 +73,6 @@ def outcome(attempt: Attempt) -> tuple[int | None, str | None]:
 
 
 KNOWN_DEFECTS = {
-    # pyreqwest: fixed in delivering_pyreqwest.py
-    "test_a_header_block_of_a_megabyte_is_a_bad_reply[pyreqwest-many headers]",
-    "test_a_header_block_of_a_megabyte_is_a_bad_reply[pyreqwest-one header]",
-    "test_a_header_block_over_64_kib_is_a_bad_reply[pyreqwest-70-kb]",
-    "test_a_json_reply_over_the_limit_is_a_bad_reply_not_an_acknowledgement[pyreqwest-chunked]",
-    "test_a_json_reply_over_the_limit_is_a_bad_reply_not_an_acknowledgement[pyreqwest-close]",
-    "test_a_json_reply_over_the_limit_is_a_bad_reply_not_an_acknowledgement[pyreqwest-length]",
-    "test_a_reply_cut_short_by_the_app_closing_is_a_disconnection[pyreqwest-in-a-chunked-body]",
-    "test_a_reply_cut_short_by_the_app_closing_is_a_disconnection[pyreqwest-in-a-sized-body]",
-    "test_a_reply_cut_short_by_the_app_closing_is_a_disconnection[pyreqwest-in-the-head]",
-    "test_a_reply_that_is_not_http_is_a_bad_reply_and_the_next_request_is_answered[pyreqwest]",
-    "test_an_app_that_does_not_complete_the_tls_handshake_is_a_tls_failure[pyreqwest-hang-up]",
-    "test_an_app_that_does_not_complete_the_tls_handshake_is_a_tls_failure[pyreqwest-plain-http]",
-    "test_an_app_that_hangs_up_without_a_reply_is_a_disconnection[pyreqwest]",
-    "test_an_app_whose_certificate_is_not_trusted_is_a_tls_failure_and_gets_nothing[pyreqwest]",
-    "test_headers_without_end_are_not_read_past_the_limit[pyreqwest-many headers]",
-    "test_headers_without_end_are_not_read_past_the_limit[pyreqwest-one header]",
     # aiohttp: fixed in delivering_aiohttp.py
     "test_a_batch_reply_written_in_2_kb_pieces_keeps_every_status[aiohttp-chunked]",
     "test_a_batch_reply_written_in_2_kb_pieces_keeps_every_status[aiohttp-close]",
