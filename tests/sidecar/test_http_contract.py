@@ -72,39 +72,8 @@ def outcome(attempt: Attempt) -> tuple[int | None, str | None]:
     return attempt.status, attempt.error
 
 
-KNOWN_DEFECTS = {
-    # aiohttp: fixed in delivering_aiohttp.py
-    "test_a_batch_reply_written_in_2_kb_pieces_keeps_every_status[aiohttp-chunked]",
-    "test_a_batch_reply_written_in_2_kb_pieces_keeps_every_status[aiohttp-close]",
-    "test_a_batch_reply_written_in_2_kb_pieces_keeps_every_status[aiohttp-length]",
-    "test_a_header_block_of_a_megabyte_is_a_bad_reply[aiohttp-many headers]",
-    "test_a_header_block_of_a_megabyte_is_a_bad_reply[aiohttp-one header]",
-    "test_a_header_block_over_64_kib_is_a_bad_reply[aiohttp-70-kb]",
-    "test_a_json_reply_of_exactly_the_limit_is_kept[aiohttp-chunked]",
-    "test_a_json_reply_of_exactly_the_limit_is_kept[aiohttp-close]",
-    "test_a_json_reply_of_exactly_the_limit_is_kept[aiohttp-length]",
-    "test_a_json_reply_over_the_limit_is_a_bad_reply_not_an_acknowledgement[aiohttp-chunked]",
-    "test_a_json_reply_over_the_limit_is_a_bad_reply_not_an_acknowledgement[aiohttp-close]",
-    "test_a_json_reply_over_the_limit_is_a_bad_reply_not_an_acknowledgement[aiohttp-length]",
-    "test_a_reply_cut_short_by_the_app_closing_is_a_disconnection[aiohttp-in-a-chunked-body]",
-    "test_a_reply_cut_short_by_the_app_closing_is_a_disconnection[aiohttp-in-a-sized-body]",
-    "test_a_reply_dribbled_slowly_past_the_timeout_ends_as_a_timeout[aiohttp-body]",
-    "test_a_reply_that_is_not_http_is_a_bad_reply_and_the_next_request_is_answered[aiohttp]",
-    "test_a_reply_without_a_length_cut_by_a_reset_is_a_disconnection[aiohttp]",
-    "test_a_second_reply_to_one_request_is_never_taken_for_the_next_request[aiohttp-while-idle]",
-    "test_an_app_that_does_not_complete_the_tls_handshake_is_a_tls_failure[aiohttp-hang-up]",
-    "test_an_app_that_does_not_complete_the_tls_handshake_is_a_tls_failure[aiohttp-plain-http]",
-    "test_an_app_whose_certificate_is_not_trusted_is_a_tls_failure_and_gets_nothing[aiohttp]",
-    "test_headers_without_end_are_not_read_past_the_limit[aiohttp-many headers]",
-    "test_headers_without_end_are_not_read_past_the_limit[aiohttp-one header]",
-}
-"""Cases a client fails today: each must fail (strict xfail) until the commit that fixes it removes it."""
-
-
 @pytest.fixture(params=CLIENTS)
 async def deliverer(request: pytest.FixtureRequest) -> AsyncIterator[MakeDeliverer]:
-    if request.node.name in KNOWN_DEFECTS:
-        request.node.add_marker(pytest.mark.xfail(strict=True, reason="a known defect, fixed by a later commit"))
     made: list[Deliverer] = []
 
     async def make(url: str, timeout: float = 5.0) -> Deliverer:
