@@ -1,7 +1,10 @@
 """One HTTP attempt: POST a prepared request to the app and report what happened.
 
 Every outcome, including transport errors, becomes an :class:`~streamgroup_sidecar.replies.Attempt`;
-deciding what it means is :mod:`streamgroup_sidecar.replies`' job.
+deciding what it means is :mod:`streamgroup_sidecar.replies`' job. Every client reports every
+outcome the same way (``connection``, ``tls``, ``timeout``, ``disconnected``, ``bad-reply``, and
+the same limits on a reply's header block and JSON body): tests/sidecar/test_http_contract.py
+runs one conformance suite against all three.
 
 Three clients behind one interface, chosen with ``--http-client``:
 
