@@ -121,6 +121,25 @@ class _Node:
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
 
+def _cluster_args(node_timeout_ms: int, auth: list[str]) -> list[str]:
+    return ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(node_timeout_ms), "--save", "", "--appendonly", "no",
+            # A replica may take over however long it was cut off: the tests kill primaries on purpose.
+            "--cluster-replica-validity-factor", "0", *auth]
+
+
+class ClusterNode(_Node):
+    """One cluster-enabled server on its own, for what a node answers without a cluster (CLUSTER KEYSLOT)."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder, cluster_ports(1)[0], _cluster_args(1000, []))
+
+    def start(self) -> ClusterNode:  # type: ignore[override]
+        super().start()
+        _wait(lambda: self.client().ping(), 10, f"node {self.port} answering")
+        return self
+
+
 class RedisCluster:
     """Three primaries and three replicas, ``cluster-node-timeout`` short so failovers take seconds."""
 
@@ -130,12 +149,7 @@ class RedisCluster:
         self.password = password
         auth = ["--requirepass", password, "--masterauth", password] if password else []
         self.nodes = [
-            _Node(self.dir / str(port), port, [
-                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", str(node_timeout_ms), "--save", "", "--appendonly", "no",
-                # A replica may take over however long it was cut off: the tests kill primaries on purpose.
-                "--cluster-replica-validity-factor", "0", *auth,
-            ])
+            _Node(self.dir / str(port), port, _cluster_args(node_timeout_ms, auth))
             for port in self.ports
         ]
         for node in self.nodes:
