@@ -21,7 +21,8 @@ LAG_COUNT_BOUND = 10_000
 
 
 def connect(endpoint: Endpoint) -> aioredis.Redis:
-    return async_client(endpoint, socket_timeout=10.0)
+    client: aioredis.Redis = async_client(endpoint, socket_timeout=10.0)
+    return client
 
 
 @dataclass(frozen=True)
