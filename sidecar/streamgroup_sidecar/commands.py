@@ -69,8 +69,8 @@ def endpoint(settings: RedisSettings) -> Endpoint:
 
 def connect(settings: RedisSettings, socket_timeout: float) -> aioredis.Redis:
     """A client for ``settings``; secrets stay inside the client, never in its repr or logs."""
-    client = async_client(endpoint(settings), socket_timeout=socket_timeout, socket_keepalive=True,
-                          health_check_interval=15)
+    client: aioredis.Redis = async_client(endpoint(settings), socket_timeout=socket_timeout, socket_keepalive=True,
+                                          health_check_interval=15)
     client.set_response_callback("XREADGROUP", _raw)
     client.set_response_callback("XAUTOCLAIM", _raw)
     return client
