@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from streamgroup_core import logs
 
 from .config import ConfigError, parse_settings
-from .running import GroupLost, Sidecar
+from .reading import GroupLost
+from .running import Sidecar
 
 # Seconds between collections on the clock (see _collect_on_a_clock).
 COLLECTION_INTERVAL = 30.0

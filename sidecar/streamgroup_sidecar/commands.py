@@ -139,6 +139,19 @@ async def pending_counts(
     return {_text(row["message_id"]): int(row["times_delivered"]) for row in rows}
 
 
+async def load_delivery_counts(
+    client: aioredis.Redis, stream: str, group: str, consumer: str, entries: list[Entry]
+) -> None:
+    """Set the attempts of ``entries`` (ours, pending, in ID order) from Redis' delivery counters.
+
+    History reads and claims bump those counters, so after a restart or a reclaim they know more
+    than the entries do.
+    """
+    counts = await pending_counts(client, stream, group, consumer, entries[0].id, entries[-1].id, len(entries))
+    for entry in entries:
+        entry.deliveries = counts.get(entry.id, entry.deliveries)
+
+
 async def autoclaim(
     client: aioredis.Redis, stream: str, group: str, consumer: str, min_idle_ms: int, cursor: str, count: int
 ) -> tuple[str, list[Entry], list[str]]:

@@ -15,7 +15,6 @@ from streamgroup_core.ids import InvalidEntryID, id_time, start_position, timest
 from streamgroup_sidecar.config import DeliverySettings, RetrySettings
 from streamgroup_sidecar.encoding import MissingBodyField, RequestBuilder, fields_to_json, header_value
 from streamgroup_sidecar.entries import Entry
-from streamgroup_sidecar.ordering import Sequencer
 from streamgroup_sidecar.replies import Action, Attempt, backoff, classify, decide, decide_batch, parse_retry_after
 
 DELIVERY = DeliverySettings()
@@ -176,38 +175,6 @@ class TestUnreachableApp:
         one = DeliverySettings(max_deliveries=1)
         assert decide(Attempt(error="connection"), 50, one, RETRY).action is Action.RETRY
         assert decide(Attempt(error="timeout"), 1, one, RETRY).action is Action.DEAD_LETTER
-
-
-class TestSequencer:
-    def entry(self, n: int, key: bytes | None, stream: str = "s") -> Entry:
-        fields = [(b"n", str(n).encode())] + ([(b"acct", key)] if key is not None else [])
-        return Entry(stream, f"{n}-0", fields)
-
-    def test_entries_of_one_key_wait_for_each_other_in_order(self) -> None:
-        seq = Sequencer("acct")
-        a1, a2, a3, b1 = self.entry(1, b"a"), self.entry(2, b"a"), self.entry(3, b"a"), self.entry(4, b"b")
-        assert [seq.admit(e) for e in (a1, a2, a3, b1)] == [True, False, False, True]
-        assert seq.waiting == 2
-        assert seq.finish(a1) is a2
-        assert seq.finish(a2) is a3
-        assert seq.finish(a3) is None
-        assert seq.admit(self.entry(5, b"a")), "a key is free again once its queue is empty"
-
-    def test_keys_are_per_stream_and_entries_without_the_field_are_free(self) -> None:
-        seq = Sequencer("acct")
-        assert seq.admit(self.entry(1, b"a", stream="s1"))
-        assert seq.admit(self.entry(2, b"a", stream="s2"))
-        assert seq.admit(self.entry(3, None)) and seq.admit(self.entry(4, None))
-        assert seq.finish(self.entry(3, None)) is None
-
-    def test_without_an_ordering_field_nothing_waits_and_drain_returns_the_waiting(self) -> None:
-        assert all(Sequencer(None).admit(self.entry(n, b"a")) for n in range(3))
-        seq = Sequencer("acct")
-        seq.admit(self.entry(1, b"a"))
-        waiting = [self.entry(2, b"a"), self.entry(3, b"a")]
-        for e in waiting:
-            seq.admit(e)
-        assert seq.drain() == waiting and seq.waiting == 0
 
 
 @dataclasses.dataclass

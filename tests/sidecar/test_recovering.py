@@ -17,7 +17,8 @@ import pytest
 from aiohttp import web
 
 from streamgroup_sidecar import running as running_module
-from streamgroup_sidecar.running import GroupLost, Sidecar
+from streamgroup_sidecar.reading import GroupLost
+from streamgroup_sidecar.running import Sidecar
 from tests.sidecar.conftest import eventually, group_pending, running, settings_for, wait_for_pending_zero
 from tests.support.apps import Received, RecordingApp
 from tests.support.ports import free_port

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamgroup_sidecar import __main__ as sidecar_main
-from streamgroup_sidecar import running as running_module
+from streamgroup_sidecar import health as health_module
 from streamgroup_sidecar.config import parse_settings
 from streamgroup_sidecar.metrics import Metrics
 from streamgroup_sidecar.running import Sidecar
@@ -58,7 +58,7 @@ class TestHealthEndpoints:
     async def test_healthz_fails_while_the_event_loop_is_stuck_and_answers_from_its_own_thread(
         self, redis_server: RedisServer, app: RecordingApp, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setattr(running_module, "LOOP_STALL_LIMIT", 0.5)
+        monkeypatch.setattr(health_module, "LOOP_STALL_LIMIT", 0.5)
         async with running(settings_for(redis_server, app)) as sidecar:
             port = sidecar.health_port
             assert port is not None

@@ -1,0 +1,140 @@
+"""What the sidecar knows about what it depends on: Redis, its consumer group, the app, its event loop.
+
+``/readyz`` and the ``streamgroup_sidecar_ready`` gauge report the first three (the gauge is
+set when ``/readyz`` is asked).
+``/healthz`` reports the last: it fails once the event loop has not run for
+:data:`LOOP_STALL_LIMIT` seconds (the health server answers from its own thread).
+
+Every unit that talks to Redis reports here how its calls went. A lost connection is one
+incident whichever unit notices it first, logged once when it starts and once when it ends;
+other errors (a missing group, a script error) are logged by the caller's own incident. When a
+replica answers at Redis' address (a failover moved the primary), every connection is dropped so
+that the next ones resolve the name again and reach the new primary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from streamgroup_core.logs import Incident
+
+from . import commands
+from .config import RetrySettings
+from .delivering import Deliverer
+from .metrics import Metrics
+
+logger = logging.getLogger("streamgroup.sidecar")
+
+# Back-off for Redis operations (connection loss, restarts): quick first, then calm.
+REDIS_RETRY = RetrySettings(initial=0.1, maximum=5.0, multiplier=2.0, jitter=0.2)
+# /healthz fails (and the kubelet restarts the pod) once the event loop has not run for this long.
+LOOP_STALL_LIMIT = 30.0
+
+
+class Health:
+    def __init__(self, metrics: Metrics, redis: aioredis.Redis) -> None:
+        self._metrics = metrics
+        self._redis = redis
+        self._redis_ok = False
+        self._groups_ok = False
+        self._app_up = asyncio.Event()
+        self._app_up.set()
+        self._beat = time.monotonic()
+        """When the event loop last ran the heartbeat."""
+        self._dropped_at = 0.0
+        self._drop_task: asyncio.Future[None] | None = None
+        self._redis_incident = Incident(logger, "reaching Redis")
+        self._app_incident = Incident(logger, "reaching the app")
+
+    # --- readiness ---------------------------------------------------------------------------
+
+    @property
+    def redis_ok(self) -> bool:
+        return self._redis_ok
+
+    @property
+    def groups_ok(self) -> bool:
+        return self._groups_ok
+
+    @property
+    def app_up(self) -> bool:
+        return self._app_up.is_set()
+
+    def readiness(self) -> dict[str, bool]:
+        """The checks of ``/readyz`` (called from the health server's thread)."""
+        checks = {"redis": self._redis_ok, "group": self._groups_ok, "app": self._app_up.is_set()}
+        self._metrics.ready.set(1 if all(checks.values()) else 0)
+        return checks
+
+    # --- Redis ---------------------------------------------------------------------------------
+
+    def redis_failed(self, operation: str, incident: Incident, exc: BaseException) -> None:
+        """A Redis call failed: count it, log it (once per incident), and mark Redis down if it is."""
+        self._metrics.redis_errors.labels(operation).inc()
+        failover = commands.is_failover(exc)
+        if failover:
+            self._drop_connections()
+        if failover or isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+            self._redis_incident.failed(exc)
+            self._redis_ok = False
+        else:
+            incident.failed(exc)
+
+    def redis_recovered(self, incident: Incident) -> None:
+        """A Redis call that writes (or blocks on the primary) succeeded: Redis is fine, and so is ``incident``."""
+        self._redis_ok = True
+        self._redis_incident.recovered()
+        incident.recovered()
+
+    def _drop_connections(self) -> None:
+        now = time.monotonic()
+        if now - self._dropped_at < 1.0:
+            return  # once a second at most, whichever unit noticed
+        self._dropped_at = now
+        self._metrics.reconnects.inc()
+        # Kept referenced until done (the loop holds only weak references to tasks).
+        self._drop_task = asyncio.ensure_future(self._redis.connection_pool.disconnect(inuse_connections=True))
+
+    def groups_ready(self) -> None:
+        self._groups_ok = True
+
+    def groups_lost(self) -> None:
+        self._groups_ok = False
+
+    # --- the app -------------------------------------------------------------------------------
+
+    def app_state(self, up: bool, why: str = "") -> None:
+        """What the last attempt (or probe) said about the app; called once per request."""
+        if up:
+            if not self._app_up.is_set():
+                self._app_up.set()
+                self._app_incident.recovered()
+        else:
+            self._app_incident.failed(why)
+            self._app_up.clear()
+
+    async def wait_app_up(self) -> None:
+        await self._app_up.wait()
+
+    async def probe_app(self, deliverer: Deliverer, url: str, interval: float) -> None:
+        """With ``--app-health-url``: probe it every ``interval`` seconds; it alone decides whether the app is up."""
+        while True:
+            self.app_state(await deliverer.probe(url), f"{url} did not answer 2xx")
+            await asyncio.sleep(interval)
+
+    # --- the event loop ------------------------------------------------------------------------
+
+    async def heartbeat(self) -> None:
+        while True:
+            self._beat = time.monotonic()
+            await asyncio.sleep(1.0)
+
+    def liveness(self) -> dict[str, bool]:
+        """Alive while the event loop keeps turning (called from the health server's thread)."""
+        return {"event_loop": time.monotonic() - self._beat < LOOP_STALL_LIMIT}
