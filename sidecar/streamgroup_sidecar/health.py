@@ -1,7 +1,7 @@
 """What the sidecar knows about what it depends on: Redis, its consumer group, the app, its event loop.
 
-``/readyz`` and the ``streamgroup_sidecar_ready`` gauge report the first three (the gauge is
-set when ``/readyz`` is asked).
+``/readyz`` and the ``streamgroup_sidecar_ready`` gauge report the first three; the gauge is set
+whenever one of them changes, so a scrape tells the truth even when nobody asks ``/readyz``.
 ``/healthz`` reports the last: it fails once the event loop has not run for
 :data:`LOOP_STALL_LIMIT` seconds (the health server answers from its own thread).
 
@@ -51,6 +51,7 @@ class Health:
         self._drop_task: asyncio.Future[None] | None = None
         self._redis_incident = Incident(logger, "reaching Redis")
         self._app_incident = Incident(logger, "reaching the app")
+        self._show()
 
     # --- readiness ---------------------------------------------------------------------------
 
@@ -68,9 +69,10 @@ class Health:
 
     def readiness(self) -> dict[str, bool]:
         """The checks of ``/readyz`` (called from the health server's thread)."""
-        checks = {"redis": self._redis_ok, "group": self._groups_ok, "app": self._app_up.is_set()}
-        self._metrics.ready.set(1 if all(checks.values()) else 0)
-        return checks
+        return {"redis": self._redis_ok, "group": self._groups_ok, "app": self._app_up.is_set()}
+
+    def _show(self) -> None:
+        self._metrics.ready.set(1 if self._redis_ok and self._groups_ok and self._app_up.is_set() else 0)
 
     # --- Redis ---------------------------------------------------------------------------------
 
@@ -82,13 +84,17 @@ class Health:
             self._drop_connections()
         if failover or isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
             self._redis_incident.failed(exc)
-            self._redis_ok = False
+            if self._redis_ok:
+                self._redis_ok = False
+                self._show()
         else:
             incident.failed(exc)
 
     def redis_recovered(self, incident: Incident) -> None:
         """A Redis call that writes (or blocks on the primary) succeeded: Redis is fine, and so is ``incident``."""
-        self._redis_ok = True
+        if not self._redis_ok:
+            self._redis_ok = True
+            self._show()
         self._redis_incident.recovered()
         incident.recovered()
 
@@ -102,10 +108,14 @@ class Health:
         self._drop_task = asyncio.ensure_future(self._redis.connection_pool.disconnect(inuse_connections=True))
 
     def groups_ready(self) -> None:
-        self._groups_ok = True
+        if not self._groups_ok:
+            self._groups_ok = True
+            self._show()
 
     def groups_lost(self) -> None:
-        self._groups_ok = False
+        if self._groups_ok:
+            self._groups_ok = False
+            self._show()
 
     # --- the app -------------------------------------------------------------------------------
 
@@ -115,9 +125,12 @@ class Health:
             if not self._app_up.is_set():
                 self._app_up.set()
                 self._app_incident.recovered()
+                self._show()
         else:
             self._app_incident.failed(why)
-            self._app_up.clear()
+            if self._app_up.is_set():
+                self._app_up.clear()
+                self._show()
 
     async def wait_app_up(self) -> None:
         await self._app_up.wait()

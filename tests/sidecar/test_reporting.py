@@ -29,7 +29,7 @@ from streamgroup_sidecar import health as health_module
 from streamgroup_sidecar.config import parse_settings
 from streamgroup_sidecar.metrics import Metrics
 from streamgroup_sidecar.running import Sidecar
-from tests.sidecar.conftest import get, running, settings_for, wait_for_pending_zero
+from tests.sidecar.conftest import eventually, get, running, settings_for, wait_for_pending_zero
 from tests.support.apps import RecordingApp
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
@@ -119,6 +119,32 @@ class TestHealthEndpoints:
                     break
                 await asyncio.sleep(0.05)
             assert orjson.loads(body) == {"ok": False, "redis": True, "group": True, "app": False}
+
+
+class TestTheReadyGauge:
+    """``streamgroup_sidecar_ready`` follows readiness as it changes: nobody has to ask ``/readyz`` first."""
+
+    async def test_it_drops_to_0_while_redis_is_down_and_returns_to_1_by_itself(
+        self, redis_server: RedisServer, app: RecordingApp
+    ) -> None:
+        async with running(settings_for(redis_server, app)) as sidecar:
+            def ready() -> float | None:
+                return sidecar.metrics.registry.get_sample_value("streamgroup_sidecar_ready")
+
+            await eventually(ready, 1.0)
+            redis_server.stop()
+            await eventually(ready, 0.0)
+            assert not sidecar.redis_ok
+            redis_server.start()
+            await eventually(ready, 1.0, timeout=20)
+
+    async def test_it_reads_0_while_the_app_is_unreachable(self, redis_server: RedisServer) -> None:
+        app = RecordingApp()  # never started
+        redis_server.client().xadd("orders", {"k": "v"})
+        async with running(settings_for(redis_server, app)) as sidecar:
+            await eventually(lambda: sidecar.app_ok, False)
+            assert sidecar.redis_ok and sidecar.groups_ok, "the app alone makes it 0"
+            assert sidecar.metrics.registry.get_sample_value("streamgroup_sidecar_ready") == 0.0
 
 
 class TestMetrics:
