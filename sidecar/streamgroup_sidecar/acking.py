@@ -42,10 +42,6 @@ class Acker:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    @property
-    def buffered(self) -> int:
-        return self._count
-
     def ack(self, stream: str, entry_ids: list[str]) -> None:
         """Queue XACKs for ``entry_ids`` of ``stream``: they go with the next round trip."""
         self._buffer[stream].extend(entry_ids)
