@@ -56,8 +56,8 @@ logger = logging.getLogger("streamgroup.sidecar")
 class Sidecar:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
-        self.registry = registry if registry is not None else CollectorRegistry()
-        self.metrics = metrics = Metrics(self.registry)
+        registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = metrics = Metrics(registry)
         for stream in settings.group.streams:
             metrics.stream(stream)  # every stream's series exist from the start, at zero
         delivery = settings.delivery
@@ -77,7 +77,7 @@ class Sidecar:
         self._leases = LeaseKeeper(settings, redis, tracker, health, metrics)
         self._stats = GroupStats(settings, redis, health, metrics)
         self._handover = Handover(settings, redis, metrics)
-        self._server = Server(make_app(self.registry, health.readiness, health.liveness),
+        self._server = Server(make_app(registry, health.readiness, health.liveness),
                               settings.server.host, settings.server.port)
 
     @property

@@ -23,9 +23,6 @@ class Stop:
     def is_set(self) -> bool:
         return self._event.is_set()
 
-    async def wait(self) -> None:
-        await self._event.wait()
-
     async def during(self, delay: float) -> bool:
         """Sleep ``delay`` seconds, less if the stop comes first; ``True`` if it came."""
         with contextlib.suppress(TimeoutError):
