@@ -39,8 +39,8 @@ async def _collect_on_a_clock(interval: float) -> None:
     With the thresholds of :func:`_tune_gc` collections follow allocations: at saturation that is
     often, but at a few hundred entries a second the first young collection can take hours, and
     cyclic garbage made meanwhile (a dropped connection, a failure's traceback) would hold memory
-    that long. After the freeze a full collection only walks what was allocated since start-up:
-    0.3 to 0.6 ms measured, at 1,000 entries/s and at saturation (docs/performance.md).
+    that long. After the freeze a full collection only walks what was allocated since start-up,
+    so it is short (its measured cost is in docs/performance.md).
     """
     while True:
         await asyncio.sleep(interval)
@@ -56,7 +56,7 @@ def _tune_gc() -> None:
 
     Entries, requests and replies are short-lived and free of cycles: reference counting frees
     them. With the default thresholds the collector still runs every 700 allocations and walks
-    every object the imports left behind; in batch mode that was a tenth of the CPU
+    every object the imports left behind, a visible share of the CPU in batch mode
     (docs/performance.md). Objects alive after start-up are frozen out of its walks, and young
     collections run every 50,000 allocations instead of 700. Under load full collections stay
     frequent (every ten million allocations, minutes at saturation) so that cyclic garbage

@@ -108,8 +108,8 @@ class DeliveryCollector(Collector):
     """Exports the per-entry counters and histograms from :class:`StreamTally` objects.
 
     Why not prometheus_client's ``Counter`` and ``Histogram``: each ``inc``/``observe`` takes a
-    lock and each ``labels()`` a dict look-up, several times per entry. In batch mode that was
-    a quarter of the sidecar's CPU (docs/performance.md); plain integers cost almost nothing,
+    lock and each ``labels()`` a dict look-up, several times per entry, a large share of the
+    sidecar's CPU in batch mode (docs/performance.md); plain integers cost almost nothing,
     and the numbers are only turned into metric families when Prometheus scrapes.
     """
 
@@ -162,7 +162,8 @@ class Metrics:
             "streamgroup_sidecar_retries", "Attempts that will be retried, by reason.",
             ["stream", "reason"], registry=registry)
         self.in_flight = Gauge(
-            "streamgroup_sidecar_in_flight", "Entries held by this sidecar: being delivered or waiting to retry.",
+            "streamgroup_sidecar_in_flight",
+            "Entries held by this sidecar: queued, waiting for their key, being delivered or waiting to retry.",
             registry=registry)
         self.redis_errors = Counter(
             "streamgroup_sidecar_redis_errors", "Failed Redis operations, by operation.",
