@@ -7,15 +7,20 @@ twice breaks ``--ordering-field``'s promise. So every change goes through one na
 :class:`InFlight`, the counts change nowhere else, and :meth:`InFlight.check` states the invariants
 that the tests verify after every step.
 
-An entry's life here::
+The transitions, each the only place where its counts change::
 
-    reserve ─► hold ─┬─────────────────────────► queued ─► take ─► delivering ─┬─► acked
-    (a read's slots) └─► waiting for its key ──► (when the one                 ├─► finish (dead-lettered, taken
-                                                  before it leaves)             │   over by a peer, abandoned)
-                                  queued ◄─ requeue ◄─ retrying ◄─ retry_later ─┘
-    unreserve: a read failed, its slots are free again
-    lose_lease: a peer took a held entry over; the worker that takes it finishes it
-    close, drain: shutdown (see their docstrings)
+    reserve      free -> reserved                       a read is about to ask Redis
+    unreserve    reserved -> free                       the read failed
+    hold         reserved -> queued, or waiting for     what the read returned; the slots
+                 its key                                it did not fill are free again
+    take         queued -> delivering                   a worker took it
+    acked        delivering -> gone                     slot freed, key passed on (per request)
+    finish       delivering or retrying -> gone         dead-lettered, taken over, abandoned
+    retry_later  delivering -> retrying                 keeps its slot and its key
+    requeue      retrying -> queued
+    lose_lease   marks a held entry lost                its worker finishes it, undelivered
+    close        from now on an entry that would be queued again leaves instead
+    drain        queued, waiting -> gone                shutdown: they stay pending in Redis
 
 Slots: ``free + reserved + held == max_in_flight``. A read reserves every free slot, then holds at
 most that many entries and gives the rest back, so memory is bounded by ``--max-in-flight``. An
@@ -258,7 +263,16 @@ class InFlight:
     # --- the invariants --------------------------------------------------------------------------
 
     def check(self) -> None:
-        """Raise :class:`AssertionError` naming every broken invariant (tests call this after each step)."""
+        """Raise :class:`AssertionError` naming every broken invariant (tests call this after each step).
+
+        * no count is negative;
+        * ``free + reserved + held == max_in_flight``: each held entry has exactly one slot;
+        * ``held == waiting + queued + delivering + retrying``: each held entry is in one state;
+        * the ready queue holds exactly the queued entries and the stop signals not yet taken;
+        * lost, retrying and waiting entries are held (the very objects, for the last two);
+        * with an ordering field, at most one entry per key is active, a busy key has one, and an
+          active entry's key is busy; without one, no key is ever busy.
+        """
         counts = self.counts()
         problems = []
         if min(counts.free, counts.reserved, counts.queued, counts.delivering) < 0:
