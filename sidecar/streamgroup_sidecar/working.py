@@ -29,7 +29,7 @@ from .encoding import MissingBodyField, RequestBuilder
 from .entries import Entry
 from .health import Health
 from .metrics import Metrics
-from .replies import Action, Attempt, Verdict, backoff, decide, decide_batch
+from .replies import Action, Attempt, Verdict, backoff, decide, decide_batch, unreachable
 from .stopping import Stop
 from .tracking import InFlight
 
@@ -191,11 +191,11 @@ class Workers:
             return
         self._metrics.retries.labels(entry.stream, verdict.reason).inc()
         entry.failures += 1
-        unreachable = attempt.error == "connection"
+        app_down = unreachable(attempt)  # never the entry's fault: the attempt does not count
         delay = verdict.delay if verdict.delay is not None else backoff(
-            entry.failures, APP_DOWN_RETRY if unreachable else self._retry, self._rng)
+            entry.failures, APP_DOWN_RETRY if app_down else self._retry, self._rng)
         self._tracker.retry_later(entry)
-        task = asyncio.create_task(self._retry_later(entry, delay, counts=not unreachable))
+        task = asyncio.create_task(self._retry_later(entry, delay, counts=not app_down))
         self._retrying.add(task)
         task.add_done_callback(self._retrying.discard)
 
@@ -211,8 +211,9 @@ class Workers:
     def _note_app(self, attempt: Attempt) -> None:
         if self._delivery.app_health_url:
             return  # the probe decides
-        if attempt.error == "connection":
-            self._health.app_state(False, "connection refused or unreachable")
+        if attempt.error is not None and unreachable(attempt):
+            self._health.app_state(False, "TLS handshake failed" if attempt.error == "tls"
+                                   else "connection refused or unreachable")
         elif attempt.status is not None:
             self._health.app_state(True)
 

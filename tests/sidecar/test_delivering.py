@@ -237,6 +237,20 @@ class TestFailuresAreRetried:
             finally:
                 await app.stop()
 
+    async def test_an_app_whose_tls_handshake_fails_is_unreachable_and_those_attempts_never_count(
+        self, redis_server: RedisServer, app: RecordingApp
+    ) -> None:
+        produce(redis_server, "orders", 3)
+        https = app.url.replace("http://", "https://")  # the app speaks plain HTTP: every handshake fails
+        settings = settings_for(redis_server, app, app_url=https, max_deliveries="1", claim_min_idle="600ms")
+        async with running(settings) as sidecar:
+            await eventually(lambda: sidecar.metrics.retries.labels("orders", "tls")._value.get() >= 6, True)
+            assert sidecar.app_ok is False
+            await asyncio.sleep(0.5)  # a lease renewal stores the attempts made so far in Redis
+            pending = redis_server.client().xpending_range("orders", "workers", "-", "+", 10)
+        assert [int(row["times_delivered"]) for row in pending] == [1, 1, 1]
+        assert app.received == [] and redis_server.client().exists("orders:dead") == 0
+
     async def test_back_off_grows_between_attempts(self, redis_server: RedisServer, app: RecordingApp) -> None:
         app.behaviour = failing_first(4)  # type: ignore[assignment]
         produce(redis_server, "orders", 1)
