@@ -175,7 +175,7 @@ def _batch_statuses(attempt: Attempt) -> dict[str, str] | None:
 
 
 class BatchItem(Protocol):
-    """What a batch verdict needs of an entry (an :class:`~streamgroup_sidecar.encoding.Entry` is one)."""
+    """What a batch verdict needs of an entry (an :class:`~streamgroup_sidecar.entries.Entry` is one)."""
 
     @property
     def key(self) -> str: ...
