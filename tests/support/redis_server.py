@@ -14,7 +14,7 @@ from pathlib import Path
 
 import redis
 
-from .ports import free_port, port_is_open
+from .ports import free_port, terminate, wait_closed
 
 
 class RedisServer:
@@ -72,17 +72,9 @@ class RedisServer:
         raise RuntimeError("redis-server did not answer PING within 10s")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
         self.process = None
-        deadline = time.monotonic() + 5
-        while port_is_open(self.port) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_closed(self.port)
 
     def kill(self) -> None:
         """Stop abruptly (SIGKILL), as a crash would."""

@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from .ports import port_is_open
+from .ports import terminate, wait_closed
 
 _BUS_OFFSET = 10000
 
@@ -99,16 +99,8 @@ class _Node:
             self.process.wait()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        deadline = time.monotonic() + 5
-        while port_is_open(self.port) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        terminate(self.process)
+        wait_closed(self.port)
 
     password: str | None = None
 
