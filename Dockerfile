@@ -3,6 +3,7 @@
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY core core
 COPY sidecar sidecar
 COPY operator operator
 COPY cli cli
