@@ -214,7 +214,7 @@ def profile_with_cprofile(entries: int, options: dict[str, str], top: int, paced
             stop = asyncio.Event()
             task = asyncio.create_task(sidecar.run(stop))
             for _ in range(600):  # its start-up: at most 30 s
-                if sidecar.groups_ok:
+                if sidecar.health.groups_ok:
                     break
                 await asyncio.sleep(0.05)
             profiler.enable()

@@ -84,20 +84,6 @@ class Sidecar:
     def health_port(self) -> int | None:
         return self._server.port
 
-    # What /readyz reports.
-
-    @property
-    def redis_ok(self) -> bool:
-        return self.health.redis_ok
-
-    @property
-    def groups_ok(self) -> bool:
-        return self.health.groups_ok
-
-    @property
-    def app_ok(self) -> bool:
-        return self.health.app_up
-
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down gracefully; :class:`.reading.GroupLost` ends it early."""
         await self._server.start()

@@ -46,7 +46,7 @@ async def running(settings: Settings) -> AsyncIterator[Sidecar]:
     stop = asyncio.Event()
     task = asyncio.create_task(sidecar.run(stop))
     try:
-        while not sidecar.groups_ok:
+        while not sidecar.health.groups_ok:
             if task.done():
                 task.result()
             await asyncio.sleep(0.01)

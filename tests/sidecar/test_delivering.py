@@ -228,12 +228,12 @@ class TestFailuresAreRetried:
             await asyncio.sleep(0.5)
             assert app.received == []
             assert sidecar.metrics.retries.labels("orders", "connection")._value.get() > 0
-            assert sidecar.app_ok is False
+            assert sidecar.health.app_up is False
             await app.start()
             try:
                 await app.wait_until(lambda: len(app.succeeded()) >= 30)
                 await wait_for_pending_zero(redis_server.client(), ["orders"])
-                assert sidecar.app_ok is True
+                assert sidecar.health.app_up is True
             finally:
                 await app.stop()
 
@@ -245,7 +245,7 @@ class TestFailuresAreRetried:
         settings = settings_for(redis_server, app, app_url=https, max_deliveries="1", claim_min_idle="600ms")
         async with running(settings) as sidecar:
             await eventually(lambda: sidecar.metrics.retries.labels("orders", "tls")._value.get() >= 6, True)
-            assert sidecar.app_ok is False
+            assert sidecar.health.app_up is False
             await asyncio.sleep(0.5)  # a lease renewal stores the attempts made so far in Redis
             pending = redis_server.client().xpending_range("orders", "workers", "-", "+", 10)
         assert [int(row["times_delivered"]) for row in pending] == [1, 1, 1]

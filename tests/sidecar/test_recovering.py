@@ -158,7 +158,7 @@ class TestRedisFaults:
                 ids |= set(produce(server, "orders", 1000))
                 await app.wait_until(lambda: {r.id for r in app.succeeded()} >= ids, timeout=90)
                 await wait_for_pending_zero(server.client(), ["orders"], timeout=30)
-                assert sidecar.redis_ok
+                assert sidecar.health.redis_ok
             assert client.xlen("orders:dead") == 0
         finally:
             server.cleanup()
@@ -208,7 +208,7 @@ class TestRedisFaults:
         sidecar = Sidecar(settings)
         stop = asyncio.Event()
         task = asyncio.create_task(sidecar.run(stop))
-        while not sidecar.groups_ok:
+        while not sidecar.health.groups_ok:
             await asyncio.sleep(0.01)
         redis_server.client().xgroup_destroy("orders", "workers")
         with pytest.raises(GroupLost):
@@ -248,7 +248,7 @@ class TestAnUnhealthyApp:
             await asyncio.sleep(3)
             # While the app is down, nothing new is taken: only the first slots' worth is in hand.
             assert group_pending(client, "orders") <= 8
-            assert not sidecar.app_ok
+            assert not sidecar.health.app_up
             await app.start()
             try:
                 await app.wait_until(lambda: {r.id for r in app.succeeded()} >= set(ids), timeout=30)
@@ -275,7 +275,7 @@ class TestAnUnhealthyApp:
                 await health.wait_until(lambda: len(health.received) >= 3)
                 await asyncio.sleep(0.3)
                 early = len(app.received)
-                assert not sidecar.app_ok
+                assert not sidecar.health.app_up
                 healthy = True
                 await app.wait_until(lambda: {r.id for r in app.succeeded()} >= set(ids), timeout=15)
         finally:
@@ -413,13 +413,13 @@ class TestFailover:
                 # The address now leads to a replica (its primary unreachable, so it keeps its data).
                 client.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
                 await asyncio.sleep(1.0)
-                assert not sidecar.redis_ok
+                assert not sidecar.health.redis_ok
                 assert sidecar.metrics.reconnects._value.get() >= 1
                 client.execute_command("REPLICAOF", "NO", "ONE")  # promoted: a primary again
                 client.xadd("orders", {"n": "after"})
                 await app.wait_until(lambda: len(app.succeeded()) >= 2, timeout=20)
                 await wait_for_pending_zero(client, ["orders"])
-                assert sidecar.redis_ok
+                assert sidecar.health.redis_ok
                 after = sidecar_connections()
             assert before and after and not (before & after), "every old connection was dropped"
             warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]

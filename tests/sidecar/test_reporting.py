@@ -134,7 +134,7 @@ class TestTheReadyGauge:
             await eventually(ready, 1.0)
             redis_server.stop()
             await eventually(ready, 0.0)
-            assert not sidecar.redis_ok
+            assert not sidecar.health.redis_ok
             redis_server.start()
             await eventually(ready, 1.0, timeout=20)
 
@@ -142,8 +142,8 @@ class TestTheReadyGauge:
         app = RecordingApp()  # never started
         redis_server.client().xadd("orders", {"k": "v"})
         async with running(settings_for(redis_server, app)) as sidecar:
-            await eventually(lambda: sidecar.app_ok, False)
-            assert sidecar.redis_ok and sidecar.groups_ok, "the app alone makes it 0"
+            await eventually(lambda: sidecar.health.app_up, False)
+            assert sidecar.health.redis_ok and sidecar.health.groups_ok, "the app alone makes it 0"
             assert sidecar.metrics.registry.get_sample_value("streamgroup_sidecar_ready") == 0.0
 
 
