@@ -17,7 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ReadOnlyError, ResponseError
 
-from streamgroup_core.connecting import Endpoint, Pem, Tls, async_client
+from streamgroup_core.connecting import Endpoint, Pem, Sentinels, Tls, async_client
 from streamgroup_core.deadletters import dead_letter_fields
 from streamgroup_core.groups import text as _text
 
@@ -64,7 +64,12 @@ def endpoint(settings: RedisSettings) -> Endpoint:
 
     tls = Tls(ca=pem(settings.tls_ca_file), cert=pem(settings.tls_cert_file), key=pem(settings.tls_key_file),
               server_name=settings.tls_server_name)
-    return Endpoint(settings.url, username=settings.username, password=settings.password, tls=tls)
+    sentinels = None
+    if settings.sentinel_master is not None:
+        sentinels = Sentinels(settings.sentinel_master, username=settings.sentinel_username,
+                              password=settings.sentinel_password)
+    return Endpoint(settings.url, username=settings.username, password=settings.password, tls=tls,
+                    mode=settings.mode, sentinels=sentinels)
 
 
 def connect(settings: RedisSettings, socket_timeout: float) -> aioredis.Redis:

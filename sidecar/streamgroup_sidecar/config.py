@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from streamgroup_core.connecting import DEFAULT_URL, check_url
+from streamgroup_core.connecting import DEFAULT_URL, MODES, check_url
 from streamgroup_core.deadletters import DEFAULT_TEMPLATE, InvalidTemplate, check_template
 from streamgroup_core.durations import parse_duration
 from streamgroup_core.ids import InvalidEntryID, start_position
@@ -178,6 +178,14 @@ class RedisSettings:
     """Key of the client certificate."""
     tls_server_name: str | None = None
     """Name to verify the server certificate against (and send as SNI) when it differs from the host."""
+    mode: str = "standalone"
+    """``standalone``, ``cluster`` (the URL lists seed nodes) or ``sentinel`` (the URL lists sentinels)."""
+    sentinel_master: str | None = None
+    """Sentinel mode: the name the sentinels know the primary by."""
+    sentinel_username: str | None = None
+    """Sentinel mode: the ACL user on the sentinels, when they have their own."""
+    sentinel_password: str | None = field(default=None, repr=False)
+    """Sentinel mode: the sentinels' password; environment only."""
 
 
 @dataclass(frozen=True)
@@ -331,8 +339,9 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("redis-url", "redis.url", check_url, DEFAULT_URL,
-           "Redis URL: `redis://` or `rediss://` (TLS), optional `user:password@`, db as the path.",
+    Option("redis-url", "redis.url", _non_empty, DEFAULT_URL,
+           "Redis URL: `redis://` or `rediss://` (TLS), optional `user:password@`, db as the path. In cluster "
+           "mode, seed nodes and in sentinel mode the sentinels, comma-separated: `redis://r-0:6379,r-1:6379`.",
            secret=True),
     Option("redis-username", "redis.username", _non_empty, None, "ACL user; overrides the URL's."),
     Option("redis-password", "redis.password", _string, None,
@@ -343,6 +352,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("redis-tls-cert-file", "redis.tls_cert_file", _non_empty, None,
            "Client certificate (PEM) for mutual TLS."),
     Option("redis-tls-key-file", "redis.tls_key_file", _non_empty, None, "Key of the client certificate."),
+    Option("redis-mode", "redis.mode", _choice(*MODES), "standalone",
+           "`standalone` (one server), `cluster` (Redis Cluster) or `sentinel` (a primary the sentinels watch)."),
+    Option("redis-sentinel-master", "redis.sentinel_master", _non_empty, None,
+           "Sentinel mode: the name the sentinels know the primary by."),
+    Option("redis-sentinel-username", "redis.sentinel_username", _non_empty, None,
+           "Sentinel mode: ACL user on the sentinels, when they have their own."),
+    Option("redis-sentinel-password", "redis.sentinel_password", _string, None,
+           "Sentinel mode: the sentinels' password, when they have one; environment only.",
+           secret=True, env_only=True),
     Option("redis-tls-server-name", "redis.tls_server_name", _non_empty, None,
            "Name the server certificate must carry (and the SNI sent), when it is not the URL's host."),
     Option("streams", "group.streams", _stream_list, None,
@@ -474,7 +492,18 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
     retry = sections.get("retry", {})
     if retry.get("initial", 0) > retry.get("maximum", float("inf")):
         raise ConfigError("invalid --retry-initial / SG_RETRY_INITIAL: larger than --retry-max")
-    redis = sections.get("redis", {})
+    redis = sections.setdefault("redis", {})
+    mode = redis.get("mode", "standalone")
+    try:
+        redis["url"] = check_url(redis.get("url", DEFAULT_URL), mode)
+    except ValueError as exc:
+        raise ConfigError(f"invalid --redis-url / SG_REDIS_URL: {exc}") from None
+    sentinel_options = [name for name in ("sentinel_master", "sentinel_username", "sentinel_password")
+                        if redis.get(name) is not None]
+    if mode == "sentinel" and "sentinel_master" not in sentinel_options:
+        raise ConfigError("--redis-sentinel-master / SG_REDIS_SENTINEL_MASTER is required in sentinel mode")
+    if mode != "sentinel" and sentinel_options:
+        raise ConfigError(f"--redis-{sentinel_options[0].replace('_', '-')} is for --redis-mode sentinel only")
     if (redis.get("tls_cert_file") is None) != (redis.get("tls_key_file") is None):
         raise ConfigError("--redis-tls-cert-file and --redis-tls-key-file go together")
     tls_options = ("tls_ca_file", "tls_cert_file", "tls_server_name")

@@ -57,6 +57,37 @@ class TestSources:
         assert parse_settings([], {**MINIMAL, "SG_DEAD_LETTER_STATUSES": ""}).delivery.dead_letter_statuses == set()
 
 
+class TestRedisModes:
+    def test_cluster_mode_takes_a_list_of_seed_nodes(self) -> None:
+        settings = parse_settings(["--redis-mode", "cluster"], {**MINIMAL, "SG_REDIS_URL": "redis://r-0:6379,r-1:6379"})
+        assert (settings.redis.mode, settings.redis.url) == ("cluster", "redis://r-0:6379,r-1:6379")
+
+    def test_sentinel_mode_takes_the_primarys_name_and_the_sentinels_own_credentials_from_the_environment(
+        self,
+    ) -> None:
+        settings = parse_settings(["--redis-mode", "sentinel", "--redis-sentinel-master", "main"], {
+            **MINIMAL, "SG_REDIS_URL": "redis://s-0,s-1", "SG_REDIS_SENTINEL_USERNAME": "watcher",
+            "SG_REDIS_SENTINEL_PASSWORD": "s3cret"})
+        redis = settings.redis
+        assert (redis.mode, redis.sentinel_master, redis.sentinel_username) == ("sentinel", "main", "watcher")
+        assert redis.sentinel_password == "s3cret" and "s3cret" not in repr(settings)
+
+    @pytest.mark.parametrize("env, needle", [
+        ({"SG_REDIS_URL": "redis://a:1,b:2"}, "cluster or sentinel mode"),
+        ({"SG_REDIS_MODE": "cluster", "SG_REDIS_URL": "redis://a:1/2"}, "only database 0"),
+        ({"SG_REDIS_MODE": "sentinel"}, "SG_REDIS_SENTINEL_MASTER is required"),
+        ({"SG_REDIS_SENTINEL_MASTER": "main"}, "for --redis-mode sentinel only"),
+        ({"SG_REDIS_MODE": "replicated"}, "must be one of standalone, cluster, sentinel"),
+    ])
+    def test_contradictions_are_refused_naming_the_option(self, env: dict[str, str], needle: str) -> None:
+        with pytest.raises(ConfigError, match=needle):
+            parse_settings([], {**MINIMAL, **env})
+
+    def test_the_sentinels_password_is_no_flag(self) -> None:
+        with pytest.raises(SystemExit):
+            parse_settings(["--redis-sentinel-password", "x"], MINIMAL)
+
+
 class TestBadValuesFailFast:
     @pytest.mark.parametrize("env, needle", [
         ({"SG_STREAMS": ""}, "--streams / SG_STREAMS"),
