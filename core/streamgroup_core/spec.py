@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .connecting import Endpoint, Pem, Tls, url_for
+from .connecting import MODES, Endpoint, Pem, Sentinels, Tls, check_url, url_for
 from .deadletters import DEFAULT_TEMPLATE, InvalidTemplate, check_template, dead_letter_key
 from .durations import InvalidDuration, parse_duration
 from .ids import InvalidEntryID, start_position
@@ -62,6 +62,13 @@ class ClientCertSecretRef:
 
 
 @dataclass(frozen=True)
+class SentinelSpec:
+    master_name: str
+    username: str | None = None
+    password_secret_ref: PasswordSecretRef | None = None
+
+
+@dataclass(frozen=True)
 class TlsSpec:
     enabled: bool = False
     ca_secret_ref: CaSecretRef | None = None
@@ -78,6 +85,8 @@ class RedisSpec:
     username: str | None = None
     password_secret_ref: PasswordSecretRef | None = None
     tls: TlsSpec = field(default_factory=TlsSpec)
+    mode: str = "standalone"
+    sentinel: SentinelSpec | None = None
 
     @property
     def address(self) -> str:
@@ -91,7 +100,8 @@ class RedisSpec:
 
     def secret_names(self) -> list[str]:
         """The Secrets (in the StreamGroup's namespace) that :meth:`endpoint` reads, each once."""
-        refs = [self.password_secret_ref, self.tls.ca_secret_ref, self.tls.client_cert_secret_ref]
+        sentinel = self.sentinel.password_secret_ref if self.sentinel is not None else None
+        refs = [self.password_secret_ref, self.tls.ca_secret_ref, self.tls.client_cert_secret_ref, sentinel]
         return list(dict.fromkeys(ref.name for ref in refs if ref is not None))
 
     def endpoint(self, namespace: str, secrets: Mapping[str, Mapping[str, bytes] | None]) -> Endpoint:
@@ -121,7 +131,18 @@ class RedisSpec:
         if (client := self.tls.client_cert_secret_ref) is not None:
             cert, private_key = Pem(data=value(client.name, "tls.crt")), Pem(data=value(client.name, "tls.key"))
         tls = Tls(ca=ca, cert=cert, key=private_key, server_name=self.tls.server_name)
-        return Endpoint(self.address, username=self.username, password=password, tls=tls)
+        sentinels = None
+        if self.sentinel is not None:
+            sentinel_password = None
+            if (ref := self.sentinel.password_secret_ref) is not None:
+                try:
+                    sentinel_password = value(ref.name, ref.key).decode("utf-8")
+                except UnicodeDecodeError:
+                    raise SpecError(f"Secret {namespace}/{ref.name} key {ref.key!r} is not UTF-8 text") from None
+            sentinels = Sentinels(self.sentinel.master_name, username=self.sentinel.username,
+                                  password=sentinel_password)
+        return Endpoint(self.address, username=self.username, password=password, tls=tls, mode=self.mode,
+                        sentinels=sentinels)
 
 
 @dataclass(frozen=True)
@@ -284,6 +305,14 @@ def _checked(spec: StreamGroupSpec) -> StreamGroupSpec:
     redis = spec.redis
     if (redis.url is None) == (redis.host is None):
         raise SpecError("spec.redis: give exactly one of url and host")
+    if redis.mode not in MODES:
+        raise SpecError(f"spec.redis.mode must be one of {', '.join(MODES)}")
+    if (redis.mode == "sentinel") != (redis.sentinel is not None):
+        raise SpecError("spec.redis.sentinel (with masterName) goes with spec.redis.mode sentinel, and only with it")
+    try:
+        check_url(redis.address, redis.mode)
+    except ValueError as exc:
+        raise SpecError(f"spec.redis.url: {exc}") from None
     if not spec.streams:
         raise SpecError("spec.streams: give at least one stream")
     if len(set(spec.streams)) != len(spec.streams):

@@ -88,6 +88,9 @@ def sidecar_env(spec: StreamGroupSpec, health_port: int) -> list[Body]:
         ("SG_BATCH_SIZE", str(batch.size) if batch is not None else None),
         ("SG_BATCH_WAIT", batch.max_wait if batch is not None else None),
         ("SG_HTTP_CLIENT", spec.sidecar.http_client),
+        ("SG_REDIS_MODE", redis.mode if redis.mode != "standalone" else None),
+        ("SG_REDIS_SENTINEL_MASTER", redis.sentinel.master_name if redis.sentinel is not None else None),
+        ("SG_REDIS_SENTINEL_USERNAME", redis.sentinel.username if redis.sentinel is not None else None),
     ]
     env: list[Body] = [{"name": k, "value": v} for k, v in values if v is not None]
     # The consumer name is the pod's name: stable for the pod's life, unique in the group.
@@ -95,6 +98,9 @@ def sidecar_env(spec: StreamGroupSpec, health_port: int) -> list[Body]:
     if (password := redis.password_secret_ref) is not None:
         env.append({"name": "SG_REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {
             "name": password.name, "key": password.key}}})
+    if redis.sentinel is not None and (sentinel := redis.sentinel.password_secret_ref) is not None:
+        env.append({"name": "SG_REDIS_SENTINEL_PASSWORD", "valueFrom": {"secretKeyRef": {
+            "name": sentinel.name, "key": sentinel.key}}})
     tls = redis.tls
     if tls.ca_secret_ref is not None:
         env.append({"name": "SG_REDIS_TLS_CA_FILE", "value": f"{TLS_DIR}/ca/{tls.ca_secret_ref.key}"})

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from streamgroup_core.connecting import Pem
+from streamgroup_core.connecting import Pem, Sentinels
 from streamgroup_core.spec import SecretMissing, SpecError, StreamGroupSpec, json_name, parse_resource, parse_spec
 
 CRD = Path(__file__).parents[2] / "crds" / "streamgroup.io_streamgroups.yaml"
@@ -111,6 +111,34 @@ class TestRedisAddress:
     ])
     def test_the_address_comes_from_url_or_host(self, redis: dict[str, Any], expected: str) -> None:
         assert parse_spec(minimal(redis=redis)).redis.address == expected
+
+
+class TestRedisModes:
+    def test_a_sentinel_set_up_names_the_primary_and_the_sentinels_credentials(self) -> None:
+        redis = parse_spec(minimal(redis={
+            "url": "redis://s-0:26379,s-1:26379", "mode": "sentinel", "passwordSecretRef": {"name": "data"},
+            "sentinel": {"masterName": "main", "username": "watcher", "passwordSecretRef": {"name": "watch"}}})).redis
+        assert redis.secret_names() == ["data", "watch"]
+        endpoint = redis.endpoint("shop", {"data": {"password": b"d"}, "watch": {"password": b"w"}})
+        assert (endpoint.mode, endpoint.password) == ("sentinel", "d")
+        assert endpoint.sentinels == Sentinels("main", username="watcher", password="w")
+        assert endpoint.hosts() == [("s-0", 26379), ("s-1", 26379)]
+
+    def test_a_cluster_lists_seed_nodes(self) -> None:
+        redis = parse_spec(minimal(redis={"url": "redis://r-0:6379,r-1:6379", "mode": "cluster"})).redis
+        endpoint = redis.endpoint("shop", {})
+        assert (endpoint.mode, endpoint.hosts()) == ("cluster", [("r-0", 6379), ("r-1", 6379)])
+
+    @pytest.mark.parametrize("redis, needle", [
+        ({"url": "redis://s:26379", "mode": "sentinel"}, "goes with spec.redis.mode sentinel"),
+        ({"url": "redis://r:6379", "sentinel": {"masterName": "m"}}, "goes with spec.redis.mode sentinel"),
+        ({"url": "redis://a:1,b:2"}, "cluster or sentinel mode"),
+        ({"host": "r", "db": 2, "mode": "cluster"}, "only database 0"),
+        ({"url": "redis://r", "mode": "replicated"}, "must be one of standalone, cluster, sentinel"),
+    ])
+    def test_contradictions_are_refused(self, redis: dict[str, Any], needle: str) -> None:
+        with pytest.raises(SpecError, match=needle):
+            parse_spec(minimal(redis=redis))
 
 
 class TestSecrets:

@@ -38,6 +38,7 @@ from tests.support.apps import RecordingApp
 from tests.support.kube import ControlPlane
 from tests.support.operator_process import OperatorProcess
 from tests.support.redis_server import RedisServer, make_tls
+from tests.support.redis_topologies import RedisCluster, RedisSentinel
 from tests.support.sidecar_process import SidecarProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -123,6 +124,11 @@ class TestValidation:
         ({"delivery": {"batch": {"size": 10}, "body": "raw", "bodyField": "p"}}, "batch needs delivery.body json"),
         ({"delivery": {"batch": {"size": 10, "maxWait": "a while"}}}, "should match"),
         ({"sidecar": {"httpClient": "curl"}}, "Unsupported value"),
+        ({"redis": {"url": "redis://s:26379", "mode": "sentinel"}}, "goes with redis.mode sentinel"),
+        ({"redis": {"url": "redis://r:6379", "sentinel": {"masterName": "m"}}}, "goes with redis.mode sentinel"),
+        ({"redis": {"url": "redis://a:1,b:2"}}, "set redis.mode to cluster or sentinel"),
+        ({"redis": {"host": "r", "db": 2, "mode": "cluster"}}, "only database 0"),
+        ({"redis": {"url": "redis://r", "mode": "replicated"}}, "Unsupported value"),
     ])
     def test_invalid_specs_are_rejected_by_the_api_server_with_a_clear_message(
         self, apis: Any, namespace: str, change: dict[str, Any], message: str
@@ -140,6 +146,14 @@ class TestValidation:
             apis.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "billing",
                                                        {"spec": {"group": "other"}})
         assert "group is immutable" in info.value.body
+
+    def test_cluster_and_sentinel_set_ups_are_accepted(self, apis: Any, namespace: str) -> None:
+        create(apis, namespace, manifest("on-cluster", "redis://r-0:6379,r-1:6379",
+                                         redis={"url": "redis://r-0:6379,r-1:6379", "mode": "cluster"}))
+        sg = create(apis, namespace, manifest("on-sentinel", "redis://s", redis={
+            "host": "sentinels", "port": 26379, "mode": "sentinel",
+            "sentinel": {"masterName": "main", "passwordSecretRef": {"name": "s"}}}))
+        assert sg["spec"]["redis"]["sentinel"]["passwordSecretRef"]["key"] == "password"
 
     def test_defaults_are_filled_in_by_the_api_server(self, apis: Any, namespace: str) -> None:
         sg = create(apis, namespace, manifest("billing", "redis://r:6379/0", startFrom="$"))
@@ -205,6 +219,59 @@ class TestTLS:
             print("operator log (end):\n" + operator.tail(100))
             operator.stop()
             server.cleanup()
+
+
+class TestRedisTopologies:
+    def test_on_a_cluster_the_group_is_made_on_every_partition_and_lag_sums_them_for_autoscaling(
+        self, apis: Any, namespace: str, operator: OperatorProcess
+    ) -> None:
+        cluster = RedisCluster().start()
+        try:
+            streams = [f"orders:{{{n}}}" for n in range(6)] + ["refunds"]
+            url = f"redis://{cluster.seeds}"
+            create(apis, namespace, manifest("billing", url, redis={"url": url, "mode": "cluster"}, streams=streams,
+                                             autoscaling={"minReplicas": 1, "maxReplicas": 5,
+                                                          "targetLagPerReplica": 10}))
+            eventually(lambda: condition(get_sg(apis, namespace, "billing"), "GroupReady").get("status") == "True",
+                       what="groups on the cluster")
+            data = cluster.client()
+            try:
+                for stream in streams:
+                    assert [g["name"] for g in data.xinfo_groups(stream)] == [b"billing"], stream
+                for n, stream in enumerate(streams):  # 7 + 6 + ... + 1 = 28 entries, spread over the primaries
+                    for _ in range(7 - n):
+                        data.xadd(stream, {"n": str(n)})
+            finally:
+                data.close()
+            assert len({cluster.primary_of(stream).port for stream in streams}) > 1
+            eventually(lambda: get_sg(apis, namespace, "billing").get("status", {}).get("lag") == 28, what="lag 28")
+            eventually(lambda: replicas(apis, namespace, "billing") == 3, what="3 replicas for a total lag of 28")
+        finally:
+            cluster.cleanup()
+
+    def test_behind_sentinels_the_operator_finds_the_primary_with_the_sentinels_own_password(
+        self, apis: Any, namespace: str, operator: OperatorProcess
+    ) -> None:
+        sentinel = RedisSentinel(password="data-pw", sentinel_password="sentinel-pw").start()
+        try:
+            for name, password in (("data", "data-pw"), ("watch", "sentinel-pw")):
+                apis.core.create_namespaced_secret(namespace, client.V1Secret(
+                    metadata=client.V1ObjectMeta(name=name),
+                    data={"password": base64.b64encode(password.encode()).decode()}))
+            url = f"redis://{sentinel.sentinel_addresses}"
+            create(apis, namespace, manifest("billing", url, redis={
+                "url": url, "mode": "sentinel", "passwordSecretRef": {"name": "data"},
+                "sentinel": {"masterName": sentinel.master_name, "passwordSecretRef": {"name": "watch"}}}))
+            eventually(lambda: condition(get_sg(apis, namespace, "billing"), "GroupReady").get("status") == "True",
+                       what="the group on the primary")
+            primary = sentinel.data_client(sentinel.node(sentinel.primary_port()))
+            assert [g["name"] for g in primary.xinfo_groups("orders")] == [b"billing"]
+            env = sidecar_env(deployment(apis, namespace, "billing"), "p", {("data", "password"): "data-pw",
+                                                                              ("watch", "password"): "sentinel-pw"})
+            assert env["SG_REDIS_MODE"] == "sentinel" and env["SG_REDIS_SENTINEL_PASSWORD"] == "sentinel-pw"
+            assert "sentinel-pw" not in operator.logs() and "data-pw" not in operator.logs()
+        finally:
+            sentinel.cleanup()
 
 
 class TestAutoscaling:

@@ -93,10 +93,28 @@ class TestTheSidecarContract:
         assert (settings.delivery.batch_size, settings.delivery.batch_wait) == (16, 0.02)
         assert settings.delivery.http_client == "pyreqwest"
 
-    def test_batch_mode_and_the_client_are_written_only_when_asked_for(self) -> None:
+    def test_a_sentinel_set_up_reaches_the_sidecar_with_the_sentinels_password_from_its_secret(self) -> None:
+        sg = streamgroup(redis={"url": "redis://s-0:26379,s-1:26379", "mode": "sentinel",
+                                "passwordSecretRef": {"name": "redis-auth"},
+                                "sentinel": {"masterName": "main", "username": "watcher",
+                                             "passwordSecretRef": {"name": "sentinel-auth", "key": "pw"}}})
+        env = sidecar_of(deploy(sg))["env"]
+        assert "sentinel-auth" not in str([e for e in env if "value" in e])  # only a reference, never a value
+        settings = parse_settings([], as_kubelet_would(env, "p", {("redis-auth", "password"): "data-pw",
+                                                                  ("sentinel-auth", "pw"): "watch-pw"}))
+        redis = settings.redis
+        assert (redis.mode, redis.url, redis.sentinel_master) == ("sentinel", "redis://s-0:26379,s-1:26379", "main")
+        assert (redis.sentinel_username, redis.sentinel_password, redis.password) == ("watcher", "watch-pw", "data-pw")
+
+    def test_a_cluster_reaches_the_sidecar_as_its_seed_list(self) -> None:
+        env = sidecar_of(deploy(streamgroup(redis={"url": "redis://r-0:6379,r-1:6379", "mode": "cluster"})))["env"]
+        settings = parse_settings([], as_kubelet_would(env, "p", {}))
+        assert (settings.redis.mode, settings.redis.url) == ("cluster", "redis://r-0:6379,r-1:6379")
+
+    def test_batch_mode_the_client_and_the_redis_mode_are_written_only_when_asked_for(self) -> None:
         # So an operator upgrade does not roll every existing Deployment.
         plain = {e["name"] for e in sidecar_of(deploy(streamgroup(), 1))["env"]}
-        assert not plain & {"SG_BATCH_SIZE", "SG_BATCH_WAIT", "SG_HTTP_CLIENT"}
+        assert not plain & {"SG_BATCH_SIZE", "SG_BATCH_WAIT", "SG_HTTP_CLIENT", "SG_REDIS_MODE"}
         env = sidecar_of(deploy(streamgroup(delivery={"batch": {"size": 8}}), 1))["env"]
         settings = parse_settings([], as_kubelet_would(env, "p", {("redis-auth", "password"): "pw"}))
         assert (settings.delivery.batch_size, settings.delivery.batch_wait) == (8, 0.005)
