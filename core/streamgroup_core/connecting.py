@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
-import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,9 +36,8 @@ from redis.connection import parse_url as parse_sync_url
 from redis.sentinel import Sentinel as SyncSentinel
 from redis.sentinel import SentinelManagedConnection as SyncSentinelManagedConnection
 
+from .addresses import DEFAULT_SENTINEL_PORT, MODES, UrlParts, split_url, url_for
 from .redaction import hide_url_passwords, url_password
-
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 
 @dataclass(frozen=True)
@@ -70,8 +68,6 @@ class Tls:
             raise ValueError("a client certificate and its key go together")
 
 
-MODES = ("standalone", "cluster", "sentinel")
-DEFAULT_SENTINEL_PORT = 26379
 
 
 @dataclass(frozen=True)
@@ -93,7 +89,7 @@ class Endpoint:
     the sentinels (default port 26379), which say where the primary named in :attr:`sentinels` is.
     """
 
-    url: str = DEFAULT_URL
+    url: str = "redis://127.0.0.1:6379/0"
     """``redis://``, ``rediss://`` (TLS) or ``unix://``; may carry a user, a password and the db."""
     username: str | None = None
     """ACL user; wins over the URL's."""
@@ -133,80 +129,6 @@ class Endpoint:
     def hosts(self) -> list[tuple[str, int]]:
         """The addresses the URL lists (one in standalone mode)."""
         return split_url(self.url, DEFAULT_SENTINEL_PORT if self.mode == "sentinel" else 6379).hosts
-
-
-@dataclass(frozen=True)
-class UrlParts:
-    scheme: str
-    username: str | None
-    password: str | None
-    hosts: list[tuple[str, int]]
-    db: int
-
-
-def split_url(url: str, default_port: int = 6379) -> UrlParts:
-    """A ``redis://`` or ``rediss://`` URL that may list several ``host:port``, comma-separated.
-
-    ValueError names what is wrong (never the password).
-    """
-    scheme, sep, rest = url.strip().partition("://")
-    if not sep or scheme not in ("redis", "rediss"):
-        raise ValueError("must start with redis:// or rediss://")
-    netloc, _, path = rest.partition("/")
-    netloc = netloc.split("?", 1)[0]
-    userinfo, at, hostlist = netloc.rpartition("@")
-    username = password = None
-    if at:
-        user, colon, secret = userinfo.partition(":")
-        username = urllib.parse.unquote(user) or None
-        password = urllib.parse.unquote(secret) if colon else None
-    hosts: list[tuple[str, int]] = []
-    for item in hostlist.split(","):
-        item = item.strip()
-        if not item:
-            raise ValueError("has an empty address in its list of hosts")
-        try:
-            parsed = urllib.parse.urlsplit(f"//{item}")
-            host, port = parsed.hostname, parsed.port
-        except ValueError:
-            raise ValueError(f"has an invalid port in {item!r}") from None
-        if not host:
-            raise ValueError(f"has no host in {item!r}")
-        hosts.append((host, port or default_port))
-    db_text = path.split("?", 1)[0].strip("/")
-    if db_text and not db_text.isdigit():
-        raise ValueError("database (the path) must be a number")
-    return UrlParts(scheme, username, password, hosts, int(db_text or 0))
-
-
-def url_for(host: str, port: int = 6379, db: int = 0, tls: bool = False) -> str:
-    """The URL of a Redis given by host, port and database number."""
-    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
-    return f"{'rediss' if tls else 'redis'}://{shown}:{port}/{db}"
-
-
-def check_url(text: str, mode: str = "standalone") -> str:
-    """``text`` (stripped) if it is a Redis URL this module can use in ``mode``; a ValueError saying why otherwise."""
-    text = text.strip()
-    if mode != "standalone":
-        listed = split_url(text, DEFAULT_SENTINEL_PORT if mode == "sentinel" else 6379)
-        if mode == "cluster" and listed.db:
-            raise ValueError("a Redis Cluster has only database 0")
-        return text
-    if "," in text.partition("://")[2].partition("/")[0]:
-        raise ValueError("lists several hosts: that is for cluster or sentinel mode")
-    parts = urllib.parse.urlsplit(text)
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ValueError("must start with redis://, rediss:// or unix://")
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ValueError("has no host")
-    if parts.scheme != "unix" and parts.path.strip("/") and not parts.path.strip("/").isdigit():
-        raise ValueError("database (the path) must be a number")
-    try:
-        _ = parts.port
-    except ValueError:
-        raise ValueError("has an invalid port") from None
-    return text
 
 
 @contextlib.contextmanager
@@ -388,3 +310,35 @@ def sync_client(endpoint: Endpoint, *, socket_timeout: float, connect_timeout: f
         settings["connection_class"] = _bound(_SyncTlsConnection, endpoint.tls)
     settings.update(retry_on_timeout=False, **timeouts)
     return redis.Redis.from_pool(redis.ConnectionPool(**settings))
+
+
+def _raw(response: Any, **_: Any) -> Any:
+    return response
+
+
+def keep_raw(client: Any, *commands: str) -> Any:
+    """Make ``client`` (any kind this module makes) return the replies of ``commands`` unparsed.
+
+    redis-py folds stream entries into dicts, which loses a field name repeated in one entry; the
+    sidecar and the CLI parse XREADGROUP, XAUTOCLAIM and XRANGE replies themselves. A blocking
+    cluster client parses replies in the client of each node, made as nodes are found, so the
+    callbacks are set on those too, now and whenever the client makes another.
+    """
+    for command in commands:
+        client.set_response_callback(command, _raw)
+    if isinstance(client, SyncRedisCluster):
+        manager = client.nodes_manager
+        make_node = manager.create_redis_node
+
+        def make_raw_node(host: str, port: int, **kwargs: Any) -> Any:
+            node = make_node(host, port, **kwargs)
+            for command in commands:
+                node.set_response_callback(command, _raw)
+            return node
+
+        manager.create_redis_node = make_raw_node  # type: ignore[method-assign]
+        for node in client.get_nodes():
+            if node.redis_connection is not None:
+                for command in commands:
+                    node.redis_connection.set_response_callback(command, _raw)
+    return client

@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .connecting import MODES, Endpoint, Pem, Sentinels, Tls, check_url, url_for
+from .addresses import MODES, check_url, url_for
+from .connecting import Endpoint, Pem, Sentinels, Tls
 from .deadletters import DEFAULT_TEMPLATE, InvalidTemplate, check_template, dead_letter_key
 from .durations import InvalidDuration, parse_duration
 from .ids import InvalidEntryID, start_position

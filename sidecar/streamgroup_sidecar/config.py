@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from streamgroup_core.connecting import DEFAULT_URL, MODES, check_url
+from streamgroup_core.addresses import DEFAULT_URL, MODES, check_url
 from streamgroup_core.deadletters import DEFAULT_TEMPLATE, InvalidTemplate, check_template
 from streamgroup_core.durations import parse_duration
 from streamgroup_core.ids import InvalidEntryID, start_position

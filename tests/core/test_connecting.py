@@ -18,7 +18,8 @@ import pytest
 from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from streamgroup_core.connecting import Endpoint, Pem, Tls, async_client, check_url, sync_client, url_for
+from streamgroup_core.addresses import check_url, url_for
+from streamgroup_core.connecting import Endpoint, Pem, Tls, async_client, sync_client
 from tests.support.redis_server import RedisServer, make_tls
 
 PASSWORD = "pw-Zq8!x"

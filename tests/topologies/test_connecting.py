@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from redis.exceptions import RedisClusterException, RedisError
 
-from streamgroup_core.connecting import Endpoint, Sentinels, async_client, check_url, split_url, sync_client
+from streamgroup_core.addresses import check_url, split_url
+from streamgroup_core.connecting import Endpoint, Sentinels, async_client, sync_client
 from tests.support.redis_server import RedisServer
 from tests.support.redis_topologies import RedisCluster, RedisSentinel
 
