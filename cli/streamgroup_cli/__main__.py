@@ -47,6 +47,12 @@ def _target_options(parser: argparse.ArgumentParser, default: Any) -> None:
     group.add_argument("--redis-url", default=default, metavar="URL",
                        help="Redis URL (default: $SG_REDIS_URL, else redis://127.0.0.1:6379/0); the password may "
                             "come from $SG_REDIS_PASSWORD; with --streamgroup, overrides the address only")
+    group.add_argument("--redis-mode", default=default, choices=["standalone", "cluster", "sentinel"],
+                       help="standalone (default: $SG_REDIS_MODE, else standalone), cluster (the URL lists seed "
+                            "nodes, comma-separated) or sentinel (the URL lists the sentinels)")
+    group.add_argument("--redis-sentinel-master", default=default, metavar="NAME",
+                       help="sentinel mode: the primary's name (default: $SG_REDIS_SENTINEL_MASTER); the sentinels' "
+                            "own credentials come from $SG_REDIS_SENTINEL_USERNAME and $SG_REDIS_SENTINEL_PASSWORD")
     group.add_argument("--streamgroup", default=default, metavar="NAME",
                        help="take Redis, streams, group and dead-letter streams from this StreamGroup resource")
     group.add_argument("-n", "--namespace", default=default, help="namespace of the StreamGroup (default: the "
@@ -143,7 +149,11 @@ def _target(args: argparse.Namespace, env: dict[str, str]) -> targeting.Target:
         for option in ("namespace", "kubeconfig", "context"):
             if getattr(args, option, None) is not None:
                 raise CLIError(f"--{option} only applies with --streamgroup")
-        return targeting.url_target(url, env)
+        return targeting.url_target(url, env, getattr(args, "redis_mode", None),
+                                    getattr(args, "redis_sentinel_master", None))
+    for option in ("redis_mode", "redis_sentinel_master"):
+        if getattr(args, option, None) is not None:
+            raise CLIError(f"--{option.replace('_', '-')} comes from the StreamGroup with --streamgroup")
     target = targeting.load_streamgroup(name, args.namespace, args.kubeconfig, args.context)
     return targeting.with_url(target, url) if url else target
 

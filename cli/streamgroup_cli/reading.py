@@ -14,6 +14,8 @@ from typing import Any
 
 import redis
 
+from streamgroup_core.connecting import keep_raw
+
 from . import CLIError
 from .rendering import text
 
@@ -26,15 +28,10 @@ class Entry:
     fields: list[tuple[bytes, bytes]]
 
 
-def _raw(response: Any, **_: Any) -> Any:
-    return response
-
-
 def prepare(client: redis.Redis) -> redis.Redis:
     """Make ``client`` return XRANGE and XREVRANGE replies unparsed (only this client instance)."""
-    client.set_response_callback("XRANGE", _raw)
-    client.set_response_callback("XREVRANGE", _raw)
-    return client
+    prepared: redis.Redis = keep_raw(client, "XRANGE", "XREVRANGE")
+    return prepared
 
 
 def command(client: redis.Redis | redis.client.Pipeline, *args: Any) -> Any:

@@ -24,7 +24,8 @@ from typing import Any
 
 import redis
 
-from streamgroup_core.connecting import DEFAULT_URL, Endpoint, sync_client
+from streamgroup_core.addresses import DEFAULT_URL, MODES, check_url
+from streamgroup_core.connecting import Endpoint, Sentinels, sync_client
 from streamgroup_core.deadletters import DEFAULT_TEMPLATE, dead_letter_key
 from streamgroup_core.redaction import hide_url_passwords
 from streamgroup_core.redaction import redact as redact_secrets
@@ -53,11 +54,33 @@ class Target:
         return tuple(self.dead_letter_stream(stream) for stream in self.streams)
 
 
-def url_target(url: str | None, env: Mapping[str, str]) -> Target:
-    """``url``, else ``$SG_REDIS_URL``, else localhost; ``$SG_REDIS_PASSWORD``/``$SG_REDIS_USERNAME`` log in."""
+def url_target(url: str | None, env: Mapping[str, str], mode: str | None = None,
+               sentinel_master: str | None = None) -> Target:
+    """``url``, else ``$SG_REDIS_URL``, else localhost; ``$SG_REDIS_PASSWORD``/``$SG_REDIS_USERNAME`` log in.
+
+    ``mode`` (else ``$SG_REDIS_MODE``, else standalone) and, in sentinel mode, the primary's name (else
+    ``$SG_REDIS_SENTINEL_MASTER``) with the sentinels' own ``$SG_REDIS_SENTINEL_USERNAME`` and
+    ``$SG_REDIS_SENTINEL_PASSWORD``: the same variables as the sidecar's.
+    """
     chosen = url or env.get("SG_REDIS_URL") or DEFAULT_URL
     username, password = env.get("SG_REDIS_USERNAME") or None, env.get("SG_REDIS_PASSWORD") or None
-    return Target(Endpoint(chosen, username=username, password=password), label=hide_url_passwords(chosen))
+    mode = mode or env.get("SG_REDIS_MODE") or "standalone"
+    master = sentinel_master or env.get("SG_REDIS_SENTINEL_MASTER") or None
+    if mode not in MODES:
+        raise CLIError(f"--redis-mode must be one of {', '.join(MODES)}")
+    if (mode == "sentinel") != (master is not None):
+        raise CLIError("--redis-sentinel-master (or $SG_REDIS_SENTINEL_MASTER) goes with --redis-mode sentinel, "
+                       "and only with it")
+    try:
+        check_url(chosen, mode)
+    except ValueError as exc:
+        raise CLIError(f"bad Redis URL {hide_url_passwords(chosen)!r}: {exc}") from None
+    sentinels = None
+    if master is not None:
+        sentinels = Sentinels(master, username=env.get("SG_REDIS_SENTINEL_USERNAME") or None,
+                              password=env.get("SG_REDIS_SENTINEL_PASSWORD") or None)
+    endpoint = Endpoint(chosen, username=username, password=password, mode=mode, sentinels=sentinels)
+    return Target(endpoint, label=hide_url_passwords(chosen))
 
 
 def with_url(target: Target, url: str) -> Target:

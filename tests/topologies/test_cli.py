@@ -1,0 +1,104 @@
+"""The streamgroup command on a Redis Cluster and behind sentinels: status, pending, replay, produce and
+dead letters work wherever the keys live (partitions on several primaries; dead letters in their source's slot)."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from streamgroup_cli.__main__ import main
+from streamgroup_core.deadletters import dead_letter_fields
+from tests.support.redis_topologies import RedisCluster, RedisSentinel
+
+PARTITIONS = [f"orders:{{{n}}}" for n in range(6)]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisCluster]:
+    server = RedisCluster().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+def run(*argv: str, stdin: str = "", env: dict[str, str] | None = None,
+        monkeypatch: pytest.MonkeyPatch | None = None) -> tuple[int, str]:
+    out = io.StringIO()
+    return main(list(argv), stdin=io.StringIO(stdin), stdout=out), out.getvalue()
+
+
+class TestOnACluster:
+    def test_status_and_pending_cover_partitions_on_every_primary(self, cluster: RedisCluster) -> None:
+        target = ["--redis-mode", "cluster", "--redis-url", f"redis://{cluster.seeds}"]
+        data = cluster.client()
+        try:
+            for n, key in enumerate(PARTITIONS):
+                data.xadd(key, {"n": str(n)})
+                data.xgroup_create(key, "workers", id="0")
+                data.xreadgroup("workers", "pod-a", {key: ">"})
+        finally:
+            data.close()
+        assert len({cluster.primary_of(key).port for key in PARTITIONS}) > 1
+        code, out = run(*target, "status", *PARTITIONS, "--group", "workers", "-o", "json")
+        assert code == 0
+        rows = json.loads(out)
+        assert [(row["stream"], row["pending"]) for row in rows] == [(key, 1) for key in PARTITIONS]
+        code, out = run(*target, "pending", *PARTITIONS, "--group", "workers", "-o", "json")
+        assert code == 0 and {row["stream"] for row in json.loads(out)} == set(PARTITIONS)
+
+    def test_produce_then_replay_a_partition(self, cluster: RedisCluster) -> None:
+        target = ["--redis-mode", "cluster", "--redis-url", f"redis://{cluster.seeds}"]
+        code, out = run(*target, "produce", "refunds:{4}", stdin='{"a": "1"}\n{"a": "2"}\n')
+        assert code == 0 and "added 2 entries" in out
+        code, out = run(*target, "replay", "refunds:{4}", "--from", "-")
+        assert code == 0 and [json.loads(line)["fields"] for line in out.splitlines()] == [{"a": "1"}, {"a": "2"}]
+
+    def test_dead_letters_in_their_sources_slot_are_listed_and_redriven(self, cluster: RedisCluster) -> None:
+        target = ["--redis-mode", "cluster", "--redis-url", f"redis://{cluster.seeds}"]
+        source, dlq = "payments:{2}", "payments:{2}:dead"
+        data = cluster.client()
+        try:
+            flat = dead_letter_fields(source, "5-0", [(b"amount", b"12")], group="workers", consumer="pod-a",
+                                      deliveries=3, reason="dropped", detail="app said DROP", time_ms=5)
+            data.execute_command("XADD", dlq, "*", *flat)
+            data.xadd(source, {"amount": "7"})  # re-driving needs its source stream to exist
+        finally:
+            data.close()
+        code, out = run(*target, "dead-letters", "list", source, "-o", "json")
+        assert code == 0
+        [letter] = [json.loads(line) for line in out.splitlines()]
+        assert (letter["stream"], letter["reason"], letter["fields"]) == (source, "dropped", {"amount": "12"})
+        code, out = run(*target, "dead-letters", "redrive", dlq, "--all")
+        assert code == 0, out
+        code, out = run(*target, "replay", source, "--from", "-")
+        assert [json.loads(line)["fields"] for line in out.splitlines()] == [{"amount": "7"}, {"amount": "12"}]
+
+    def test_a_seed_list_without_cluster_mode_is_one_clear_error(
+        self, cluster: RedisCluster, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        code, _ = run("--redis-url", f"redis://{cluster.seeds}", "status", "orders")
+        assert code == 1 and "cluster or sentinel mode" in capsys.readouterr().err
+
+
+class TestBehindSentinels:
+    def test_status_finds_the_primary_through_the_sentinels_with_their_own_password(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        sentinel = RedisSentinel(password="data-pw", sentinel_password="sentinel-pw").start()
+        try:
+            primary = sentinel.data_client(sentinel.node(sentinel.primary_port()))
+            primary.xadd("orders", {"n": "1"})
+            primary.xgroup_create("orders", "workers", id="0")
+            for name, value in (("SG_REDIS_PASSWORD", "data-pw"), ("SG_REDIS_SENTINEL_PASSWORD", "sentinel-pw"),
+                                ("SG_REDIS_SENTINEL_MASTER", sentinel.master_name), ("SG_REDIS_MODE", "sentinel")):
+                monkeypatch.setenv(name, value)
+            code, out = run("--redis-url", f"redis://{sentinel.sentinel_addresses}", "status", "orders", "-o", "json")
+            assert code == 0
+            [row] = json.loads(out)
+            assert (row["group"], row["lag"]) == ("workers", 1)
+        finally:
+            sentinel.cleanup()
