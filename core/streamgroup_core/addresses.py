@@ -9,7 +9,7 @@ Errors say what is wrong and never show the password.
 from __future__ import annotations
 
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 MODES = ("standalone", "cluster", "sentinel")
@@ -20,7 +20,7 @@ DEFAULT_SENTINEL_PORT = 26379
 class UrlParts:
     scheme: str
     username: str | None
-    password: str | None
+    password: str | None = field(repr=False)
     hosts: list[tuple[str, int]]
     db: int
 
@@ -69,6 +69,11 @@ def url_for(host: str, port: int = 6379, db: int = 0, tls: bool = False) -> str:
 def check_url(text: str, mode: str = "standalone") -> str:
     """``text`` (stripped) if it is a Redis URL this module can use in ``mode``; a ValueError saying why otherwise."""
     text = text.strip()
+    query = urllib.parse.urlsplit(text).query if "://" in text else ""
+    tls_options = [name for name in urllib.parse.parse_qs(query) if name.lower().startswith("ssl")]
+    if tls_options:
+        raise ValueError(f"sets TLS in the URL ({', '.join(tls_options)}); TLS is configured with its own "
+                         "options (CA, client certificate, server name), and rediss:// turns it on")
     if mode != "standalone":
         listed = split_url(text, DEFAULT_SENTINEL_PORT if mode == "sentinel" else 6379)
         if mode == "cluster" and listed.db:

@@ -133,23 +133,73 @@ class Endpoint:
 
 @contextlib.contextmanager
 def _readable_path(pem: Pem) -> Iterator[str]:
-    """A path OpenSSL can open for ``pem``: its file, or an anonymous memory file for its bytes."""
+    """A path OpenSSL can open for ``pem``: its file, or, for bytes, a file with no name on any disk.
+
+    On Linux an anonymous memory file (``memfd_create``); elsewhere a pipe read through
+    ``/dev/fd`` (a PEM fits in a pipe's buffer). Either is closed once OpenSSL has read it.
+    """
     if pem.path is not None:
         yield pem.path
         return
     assert pem.data is not None
-    fd = os.memfd_create("streamgroup-tls", os.MFD_CLOEXEC)
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("streamgroup-tls", os.MFD_CLOEXEC)
+        try:
+            _write_all(fd, pem.data)
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    read_end, write_end = os.pipe()
     try:
-        view = memoryview(pem.data)
-        while view:
-            view = view[os.write(fd, view):]
-        yield f"/proc/self/fd/{fd}"
+        _write_all(write_end, pem.data)
+        os.close(write_end)
+        write_end = -1
+        yield f"/dev/fd/{read_end}"
     finally:
-        os.close(fd)
+        os.close(read_end)
+        if write_end != -1:
+            os.close(write_end)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _identity(pem: Pem | None) -> tuple[Any, ...]:
+    """What decides a context's content: a file's identity and age (it may be replaced), or the bytes."""
+    if pem is None:
+        return ()
+    if pem.path is not None:
+        stat = os.stat(pem.path)
+        return (pem.path, stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    return (pem.data,)
+
+
+_CONTEXTS: dict[tuple[Any, ...], ssl.SSLContext] = {}
+_CONTEXTS_KEPT = 16
 
 
 def ssl_context(tls: Tls) -> ssl.SSLContext:
-    """A client context for ``tls``: certificates verified, host name (or :attr:`Tls.server_name`) checked."""
+    """A client context for ``tls``: certificates verified, host name (or :attr:`Tls.server_name`) checked.
+
+    Contexts are kept while their files stay the same (same inode, time and size), so a new connection
+    costs a few ``stat`` calls, not a reading of the system's trust store; a replaced file (a rotated
+    Secret) makes a new one.
+    """
+    key = (_identity(tls.ca), _identity(tls.cert), _identity(tls.key))
+    context = _CONTEXTS.get(key)
+    if context is None:
+        context = _new_context(tls)
+        if len(_CONTEXTS) >= _CONTEXTS_KEPT:
+            _CONTEXTS.pop(next(iter(_CONTEXTS)))
+        _CONTEXTS[key] = context
+    return context
+
+
+def _new_context(tls: Tls) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if tls.ca is None:
         context.load_default_certs()

@@ -37,6 +37,8 @@ def check_template(template: str) -> str:
     """``template`` if it has the placeholder; :class:`InvalidTemplate` otherwise."""
     if PLACEHOLDER not in template:
         raise InvalidTemplate(f"{template!r} must contain {PLACEHOLDER}, e.g. {DEFAULT_TEMPLATE}")
+    if template == PLACEHOLDER:
+        raise InvalidTemplate(f"{template!r} is the source stream itself: its dead letters would be read again")
     return template
 
 

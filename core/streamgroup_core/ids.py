@@ -10,7 +10,7 @@ a replay or a trim by hours.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 
 MAX_PART = 2**64 - 1
 """The largest millisecond or sequence part Redis accepts."""
@@ -51,12 +51,6 @@ def entry_ms(entry_id: str) -> int:
     return int(entry_id.partition("-")[0])
 
 
-def id_time(entry_id: str) -> datetime:
-    """The wall-clock time encoded in an entry ID (its millisecond part), in UTC."""
-    ms, _ = parse_id(entry_id)
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
 def parse_time_ms(text: str) -> int:
     """An ISO-8601 time with a zone (``Z`` or ``+02:00``), as milliseconds since the epoch."""
     try:
@@ -70,11 +64,6 @@ def parse_time_ms(text: str) -> int:
     if ms < 0:
         raise InvalidEntryID(f"{text!r} is before 1970, before any stream entry")
     return ms
-
-
-def timestamp_to_id(text: str) -> str:
-    """The smallest ID at or after an ISO-8601 time with a zone."""
-    return format_id(parse_time_ms(text), 0)
 
 
 def start_position(text: str) -> str:

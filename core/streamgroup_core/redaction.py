@@ -13,8 +13,6 @@ from collections.abc import Iterable
 
 MASK = "***"
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/@:\s]*):[^/@\s]*@", re.IGNORECASE)
-# Shorter values would blank out ordinary words of a message; such passwords are refused elsewhere anyway.
-_SHORTEST_REDACTED = 3
 
 
 def hide_url_passwords(text: str) -> str:
@@ -34,8 +32,9 @@ def url_password(url: str) -> str | None:
 def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     """``text`` without URL passwords, nor any of ``secrets`` (each also in its percent-encoded form)."""
     text = hide_url_passwords(text)
-    for secret in secrets:
-        if secret and len(secret) >= _SHORTEST_REDACTED:
-            for form in {secret, urllib.parse.quote(secret, safe="")}:
-                text = text.replace(form, MASK)
+    # Longest first, so that a secret containing another is masked whole. Any length is masked: a very
+    # short password garbles the message, which beats showing it.
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        for form in {secret, urllib.parse.quote(secret, safe="")}:
+            text = text.replace(form, MASK)
     return text

@@ -28,11 +28,13 @@ class TestTheKeyTemplate:
         assert dead_letter_key(template, stream) == key
         assert source_of(template, key) == stream
 
-    def test_a_template_without_the_placeholder_is_refused(self) -> None:
+    def test_a_template_without_the_placeholder_or_that_is_the_source_is_refused(self) -> None:
         with pytest.raises(InvalidTemplate, match=r"'dead' must contain \{stream\}"):
             check_template("dead")
         with pytest.raises(InvalidTemplate):
             dead_letter_key("{steam}:dead", "orders")
+        with pytest.raises(InvalidTemplate, match="the source stream itself"):
+            check_template("{stream}")
 
     def test_a_key_that_does_not_fit_the_template_has_no_source(self) -> None:
         assert source_of("{stream}:dead", "orders") is None

@@ -168,6 +168,7 @@ class TestAddressLists:
         assert parts.hosts == [("a", 7000), ("b", 6379), ("::1", 7001)]
         assert (parts.scheme, parts.username, parts.password, parts.db) == ("rediss", "user", "p@ss", 2)
         assert split_url("redis://s1,s2", 26379).hosts == [("s1", 26379), ("s2", 26379)]
+        assert "p@ss" not in repr(parts)
 
     @pytest.mark.parametrize("url, mode, needle", [
         ("redis://a:1,b:2", "standalone", "cluster or sentinel mode"),
@@ -175,6 +176,8 @@ class TestAddressLists:
         ("redis://a:x", "cluster", "invalid port"),
         ("redis://a:1/3", "cluster", "only database 0"),
         ("http://a", "sentinel", "must start with redis://"),
+        ("rediss://r:6379/0?ssl_cert_reqs=none", "standalone", "sets TLS in the URL"),
+        ("rediss://a:1,b:2?ssl_ca_certs=/x", "cluster", "sets TLS in the URL"),
     ])
     def test_bad_lists_are_refused_with_the_reason(self, url: str, mode: str, needle: str) -> None:
         with pytest.raises(ValueError, match=needle):
