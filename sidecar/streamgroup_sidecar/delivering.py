@@ -9,15 +9,13 @@ runs one conformance suite against all three.
 Three clients behind one interface, chosen with ``--http-client``:
 
 - ``builtin`` (the default, :mod:`.posting`): keep-alive HTTP/1.1 on the event loop with
-  httptools' parser. Measured in the same run (docs/performance.md), the sidecar spends about
-  0.4x the CPU per entry with it as with pyreqwest or aiohttp, and delivers about twice as many
-  entries per second.
+  httptools' parser; the least CPU per entry of the three (docs/performance.md).
 - ``pyreqwest`` (:mod:`.delivering_pyreqwest`): Rust's reqwest, a general-purpose client with
   its own TLS stack, for an app the built-in client has trouble with.
 - ``aiohttp`` (:mod:`.delivering_aiohttp`): the most widely used Python client, as a fallback.
 
 The alternatives are imported only when chosen: each costs memory (pyreqwest starts a Tokio
-runtime, aiohttp is about 10 MB).
+runtime, aiohttp is a large package).
 """
 
 from __future__ import annotations

@@ -2,13 +2,11 @@
 
 Why not a general-purpose client: the sidecar sends one kind of request (a POST with a small
 body, to one app next to it) tens of thousands of times a second, and every microsecond it
-spends per request is taken from the app on the same node. Measured in the same run
-(docs/performance.md), pyreqwest, the fastest general client found, costs about 36 µs of CPU
-per request here, most of it handing each request to its Tokio thread and the reply back under
-the GIL; aiohttp costs more. Writing the request on a keep-alive connection straight from the
-event loop, and parsing the reply with llhttp (through httptools, the parser uvicorn uses),
-costs 10-14 µs. Inside the sidecar, CPU per entry fell to about 0.37x in per-entry mode
-(twice the entries per second) and 0.75x in batch mode (medians of per-round ratios).
+spends per request is taken from the app on the same node. pyreqwest, the fastest general
+client found, spends most of its time per request handing it to its Tokio thread and the reply
+back under the GIL; aiohttp costs more. Writing the request on a keep-alive connection straight
+from the event loop, and parsing the reply with llhttp (through httptools, the parser uvicorn
+uses), costs a fraction of either: docs/performance.md has the figures, measured in one run.
 
 What it does, and all it does:
 

@@ -380,3 +380,14 @@ class TestWhatAnOutcomeCounts:
         assert not unreachable(attempt)
         assert (verdict.action, verdict.reason) == (Action.DEAD_LETTER, f"max-deliveries ({error})")
 
+
+
+class TestHealthProbes:
+    @pytest.mark.parametrize("status, up", [(200, True), (204, True), (302, False), (503, False)])
+    async def test_only_a_2xx_answer_is_up_and_a_redirect_is_not_followed(
+        self, deliverer: MakeDeliverer, raw_app: StartApp, status: int, up: bool
+    ) -> None:
+        app = await raw_app(answering(reply(status, b"", "Location: /elsewhere")))
+        client = await deliverer(app.url)
+        assert await client.probe(app.url) is up
+        assert len(app.requests) == 1  # one GET: a redirect is an answer, not a pointer to follow
