@@ -129,8 +129,13 @@ def _parser() -> argparse.ArgumentParser:
     purge.add_argument("--yes", action="store_true", help="really delete")
 
     prod = command("produce", "add entries from JSON lines on stdin (one flat object per line)")
-    prod.add_argument("stream")
+    prod.add_argument("stream", help="a stream, or a partitioned stream's name with --partition-key")
     prod.add_argument("--maxlen", type=_length, help="trim the stream to about this many entries")
+    prod.add_argument("--partition-key", metavar="FIELD",
+                      help="the stream is partitioned: each entry goes to STREAM:{n}, n = CRC-32 of this field's "
+                           "value modulo the partitions")
+    prod.add_argument("--partitions", type=_count, metavar="N",
+                      help="how many partitions (default: the StreamGroup's, with --streamgroup)")
 
     trim = command("trim", "remove old entries, refusing to drop any a group has not read or acknowledged")
     trim.add_argument("stream")
@@ -196,8 +201,14 @@ def _run(args: argparse.Namespace, client: redis.Redis, target: targeting.Target
     elif args.command == "dead-letters":
         _dead_letters(args, client, target, out)
     elif args.command == "produce":
-        count = producing.produce(client, args.stream, stdin, args.maxlen)
-        print(f"added {count} entries to {args.stream}", file=out)
+        partitions = args.partitions or target.partitions.get(args.stream)
+        if args.partition_key and partitions is None:
+            raise CLIError(f"--partition-key needs --partitions (or a StreamGroup that partitions {args.stream!r})")
+        if partitions is not None and not args.partition_key:
+            raise CLIError(f"{args.stream!r} has {partitions} partitions: give --partition-key FIELD to choose one")
+        count = producing.produce(client, args.stream, stdin, args.maxlen, partitions, args.partition_key)
+        where = f"{partitions} partitions of " if partitions else ""
+        print(f"added {count} entries to {where}{args.stream}", file=out)
     elif args.command == "trim":
         plan = trimming.plan(client, args.stream, args.maxlen, args.older_than)
         if plan.boundary is None:

@@ -18,7 +18,7 @@ import binascii
 import contextlib
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,8 @@ class Target:
     """How messages name the target: ``StreamGroup shop/orders`` or the URL without its password."""
     streams: tuple[str, ...] = ()
     group: str | None = None
+    partitions: dict[str, int] = field(default_factory=dict)
+    """A StreamGroup's partitioned streams: name → partitions."""
     dead_letter_template: str = DEFAULT_TEMPLATE
 
     def dead_letter_stream(self, stream: str) -> str:
@@ -125,7 +127,8 @@ def streamgroup_target(resource: Mapping[str, Any], secrets: Mapping[str, Mappin
         endpoint = spec.redis.endpoint(namespace, decoded)
     except (SpecError, SecretMissing) as exc:
         raise CLIError(str(exc)) from None
-    return Target(endpoint, label=f"StreamGroup {namespace}/{name}", streams=spec.streams, group=spec.group,
+    return Target(endpoint, label=f"StreamGroup {namespace}/{name}", streams=spec.stream_keys, group=spec.group,
+                  partitions={stream.name: stream.partitions for stream in spec.partitioned_streams},
                   dead_letter_template=spec.delivery.dead_letter_stream)
 
 

@@ -25,6 +25,7 @@ from .connecting import Endpoint, Pem, Sentinels, Tls
 from .deadletters import DEFAULT_TEMPLATE, InvalidTemplate, check_template, dead_letter_key
 from .durations import InvalidDuration, parse_duration
 from .ids import InvalidEntryID, start_position
+from .partitions import partition_keys
 
 API_GROUP = "streamgroup.io"
 API_VERSION = "v1alpha1"
@@ -209,11 +210,22 @@ class AutoscalingSpec:
 
 
 @dataclass(frozen=True)
+class PartitionedStream:
+    name: str
+    partitions: int
+
+    @property
+    def keys(self) -> list[str]:
+        return partition_keys(self.name, self.partitions)
+
+
+@dataclass(frozen=True)
 class StreamGroupSpec:
     redis: RedisSpec
-    streams: tuple[str, ...]
     group: str
     template: dict[str, Any]
+    streams: tuple[str, ...] = ()
+    partitioned_streams: tuple[PartitionedStream, ...] = ()
     start_from: str = "$"
     sidecar: SidecarSpec = field(default_factory=SidecarSpec)
     delivery: DeliverySpec = field(default_factory=DeliverySpec)
@@ -222,12 +234,17 @@ class StreamGroupSpec:
     autoscaling: AutoscalingSpec | None = None
     deletion_policy: str = "Retain"
 
+    @property
+    def stream_keys(self) -> tuple[str, ...]:
+        """Every key the group reads: the plain streams, then each partitioned stream's partitions."""
+        return self.streams + tuple(key for stream in self.partitioned_streams for key in stream.keys)
+
     def dead_letter_stream(self, stream: str) -> str:
         return dead_letter_key(self.delivery.dead_letter_stream, stream)
 
     @property
     def dead_letter_streams(self) -> tuple[str, ...]:
-        return tuple(self.dead_letter_stream(stream) for stream in self.streams)
+        return tuple(self.dead_letter_stream(stream) for stream in self.stream_keys)
 
     @property
     def start_position(self) -> str:
@@ -314,10 +331,15 @@ def _checked(spec: StreamGroupSpec) -> StreamGroupSpec:
         check_url(redis.address, redis.mode)
     except ValueError as exc:
         raise SpecError(f"spec.redis.url: {exc}") from None
-    if not spec.streams:
-        raise SpecError("spec.streams: give at least one stream")
-    if len(set(spec.streams)) != len(spec.streams):
-        raise SpecError("spec.streams lists a stream twice")
+    for stream in spec.partitioned_streams:
+        if stream.partitions < 1:
+            raise SpecError(f"spec.partitionedStreams: {stream.name} needs at least one partition")
+    keys = spec.stream_keys
+    if not keys:
+        raise SpecError("spec: give streams, partitionedStreams or both")
+    if len(set(keys)) != len(keys):
+        twice = sorted({key for key in keys if keys.count(key) > 1})
+        raise SpecError(f"spec.streams and spec.partitionedStreams name a key twice: {', '.join(twice[:5])}")
     if not spec.group:
         raise SpecError("spec.group must not be empty")
     try:

@@ -60,7 +60,7 @@ def sidecar_env(spec: StreamGroupSpec, health_port: int) -> list[Body]:
     values: list[tuple[str, str | None]] = [
         ("SG_REDIS_URL", redis.address),
         ("SG_REDIS_USERNAME", redis.username),
-        ("SG_STREAMS", ",".join(spec.streams)),
+        ("SG_STREAMS", ",".join(spec.stream_keys)),
         ("SG_GROUP", spec.group),
         ("SG_START_FROM", spec.start_from),
         ("SG_APP_URL", f"http://127.0.0.1:{port}{delivery.path}"),

@@ -70,6 +70,12 @@ class GroupStats:
     def dead_letters(self) -> int:
         return sum(s.dead_letters for s in self.streams)
 
+    def subtotal(self, keys: list[str]) -> tuple[int | None, int]:
+        """Lag (``None`` if one of them is unknown) and pending summed over ``keys`` (a stream's partitions)."""
+        chosen = [s for s in self.streams if s.stream in set(keys)]
+        lag = None if any(s.lag is None for s in chosen) else sum(s.lag or 0 for s in chosen)
+        return lag, sum(s.pending for s in chosen)
+
 
 async def ensure_group(client: aioredis.Redis, streams: list[str], group: str, start: str) -> list[str]:
     """Create the group where missing (with MKSTREAM) at ``start`` (an ID, ``$`` or ``0``).

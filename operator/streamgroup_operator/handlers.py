@@ -170,10 +170,10 @@ async def reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: k
     failure: BaseException | None = None
     try:
         client = await state.client_for(namespace, name, sg)
-        created = await grouping.ensure_group(client, list(sg.streams), sg.group, sg.start_position)
+        created = await grouping.ensure_group(client, list(sg.stream_keys), sg.group, sg.start_position)
         updates.append(Condition(REDIS_REACHABLE, True, "Connected", "Redis answered"))
         updates.append(Condition(GROUP_READY, True, "Created" if created else "Exists",
-                                 f"group {sg.group!r} on {len(sg.streams)} stream(s)"
+                                 f"group {sg.group!r} on {len(sg.stream_keys)} stream(s)"
                                  + (f"; created on {', '.join(created)}" if created else "")))
     except (RedisError, SecretMissing, SpecError, OSError) as exc:
         failure = exc
@@ -219,7 +219,7 @@ async def resync(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf
     stats: grouping.GroupStats | None = None
     try:
         client = await state.client_for(namespace, name, sg)
-        stats = await grouping.measure(client, list(sg.streams), sg.group, list(sg.dead_letter_streams))
+        stats = await grouping.measure(client, list(sg.stream_keys), sg.group, list(sg.dead_letter_streams))
         updates.append(Condition(REDIS_REACHABLE, True, "Connected", "Redis answered"))
         if stats.group_ready:
             updates.append(Condition(GROUP_READY, True, "Exists", f"group {sg.group!r} present"))
@@ -271,11 +271,24 @@ async def resync(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf
         patch.status["oldestPendingAgeSeconds"] = round(age, 3) if age is not None else None
         patch.status["consumers"] = stats.consumers
         patch.status["deadLetterLength"] = stats.dead_letters
+        patch.status["partitionedStreams"] = partition_status(sg, stats) or None
         state.metrics.groups.snapshots[(namespace, name)] = Snapshot(
-            namespace, name, sg.group, stats, patch.status.get("desiredReplicas"), desired)
+            namespace, name, sg.group, stats, patch.status.get("desiredReplicas"), desired, sg.partitioned_streams)
         state.metrics.reconciles.labels("resync", "ok").inc()
     patch.status["conditions"] = merge(list(status.get("conditions", [])), updates,
                                        int(status.get("observedGeneration") or meta.get("generation", 0)))
+
+
+def partition_status(sg: StreamGroupSpec, stats: grouping.GroupStats) -> list[dict[str, Any]]:
+    """Each partitioned stream's lag and pending, summed over its partitions, for ``status.partitionedStreams``."""
+    rows = []
+    for stream in sg.partitioned_streams:
+        lag, pending = stats.subtotal(stream.keys)
+        row: dict[str, Any] = {"name": stream.name, "partitions": stream.partitions, "pending": pending}
+        if lag is not None:
+            row["lag"] = lag
+        rows.append(row)
+    return rows
 
 
 async def _clean_consumers(state: State, client: aioredis.Redis, namespace: str, name: str, spec: StreamGroupSpec,
@@ -299,7 +312,7 @@ def _shares_group(mine: StreamGroupSpec, other: dict[str, Any]) -> bool:
     return (
         mine.redis.address == theirs.redis.address
         and mine.group == theirs.group
-        and bool(set(mine.streams) & set(theirs.streams))
+        and bool(set(mine.stream_keys) & set(theirs.stream_keys))
     )
 
 
@@ -322,7 +335,7 @@ async def delete(meta: kopf.Meta, spec: kopf.Spec, memo: kopf.Memo, **_: Any) ->
                             extra={"sg": {"namespace": namespace, "name": name, "used_by": users}})
             else:
                 client = await state.client_for(namespace, name, sg)
-                destroyed = await grouping.destroy_group(client, list(sg.streams), sg.group)
+                destroyed = await grouping.destroy_group(client, list(sg.stream_keys), sg.group)
                 logger.info("deletionPolicy Delete: consumer group destroyed", extra={"sg": {
                     "namespace": namespace, "name": name, "group": sg.group, "streams": destroyed}})
     except (RedisError, SecretMissing, OSError) as exc:

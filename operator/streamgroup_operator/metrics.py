@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from streamgroup_core.spec import PartitionedStream
+
 from .grouping import GroupStats
 
 
@@ -25,6 +27,8 @@ class Snapshot:
     stats: GroupStats
     desired_replicas: int | None
     replicas: int
+    partitioned: tuple[PartitionedStream, ...] = ()
+    """The StreamGroup's partitioned streams, summed over their partitions as well."""
 
 
 class StreamGroupCollector(Collector):
@@ -50,6 +54,12 @@ class StreamGroupCollector(Collector):
             "group_ready": GaugeMetricFamily("streamgroup_group_exists",
                                              "1 when the consumer group exists on the stream.", labels=stream_labels),
         }
+        partitioned_lag = GaugeMetricFamily(
+            "streamgroup_partitioned_stream_lag", "Lag summed over a partitioned stream's partitions.",
+            labels=stream_labels)
+        partitioned_pending = GaugeMetricFamily(
+            "streamgroup_partitioned_stream_pending", "Pending entries summed over a partitioned stream's partitions.",
+            labels=stream_labels)
         replicas = GaugeMetricFamily("streamgroup_replicas", "Replicas of the StreamGroup's Deployment.",
                                      labels=["namespace", "name"])
         desired = GaugeMetricFamily("streamgroup_desired_replicas", "The autoscaler's last decision.",
@@ -69,10 +79,18 @@ class StreamGroupCollector(Collector):
                     families["read"].add_metric(values, stream.entries_read)
                 if stream.oldest_pending_age_seconds is not None:
                     families["oldest"].add_metric(values, stream.oldest_pending_age_seconds)
+            for partitioned in snap.partitioned:
+                values = [snap.namespace, snap.name, partitioned.name, snap.group]
+                lag, pending = snap.stats.subtotal(partitioned.keys)
+                if lag is not None:
+                    partitioned_lag.add_metric(values, lag)
+                partitioned_pending.add_metric(values, pending)
             replicas.add_metric([snap.namespace, snap.name], snap.replicas)
             if snap.desired_replicas is not None:
                 desired.add_metric([snap.namespace, snap.name], snap.desired_replicas)
         yield from families.values()
+        yield partitioned_lag
+        yield partitioned_pending
         yield replicas
         yield desired
 

@@ -34,6 +34,19 @@ class TestProduce:
         assert redis_server.client().xlen("orders") == 1
 
 
+    def test_a_partitioned_stream_needs_a_partition_key_in_every_line(
+        self, redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        code, _ = run(redis_server, "produce", "orders", "--partitions", "4", "--partition-key", "customer",
+                      stdin='{"customer": "a"}\n{"other": "b"}\n')
+        assert code == 1 and "line 2: no field 'customer'" in capsys.readouterr().err
+        assert sum(redis_server.client().xlen(f"orders:{{{n}}}") for n in range(4)) == 1
+        code, _ = run(redis_server, "produce", "orders", "--partition-key", "customer", stdin="")
+        assert code == 1 and "--partition-key needs --partitions" in capsys.readouterr().err
+        code, _ = run(redis_server, "produce", "orders", "--partitions", "4", stdin="")
+        assert code == 1 and "give --partition-key" in capsys.readouterr().err
+
+
 class TestStatus:
     def test_reports_lag_pending_and_consumers_as_json(self, redis_server: RedisServer) -> None:
         client = redis_server.client()

@@ -78,8 +78,12 @@ class TestParsing:
     @pytest.mark.parametrize("spec, needle", [
         (minimal(redis={}), "exactly one of url and host"),
         (minimal(redis={"url": "redis://r", "host": "r"}), "exactly one of url and host"),
-        ({"redis": {"url": "redis://r"}, "group": "g", "template": {}}, r"spec\.streams is required"),
-        (minimal(streams=["a", "a"]), "lists a stream twice"),
+        ({"redis": {"url": "redis://r"}, "group": "g", "template": {}}, "give streams, partitionedStreams or both"),
+        (minimal(streams=["a", "a"]), "name a key twice: a"),
+        (minimal(streams=["orders:{1}"], partitionedStreams=[{"name": "orders", "partitions": 2}]),
+         r"name a key twice: orders:\{1\}"),
+        (minimal(partitionedStreams=[{"name": "orders", "partitions": 0}]), "at least one partition"),
+        (minimal(partitionedStreams=[{"name": "orders"}]), r"spec\.partitionedStreams\[0\]\.partitions is required"),
         (minimal(delivery={"maxInFlight": "many"}), r"spec\.delivery\.maxInFlight must be a whole number"),
         (minimal(delivery={"maxInFlight": True}), r"spec\.delivery\.maxInFlight must be a whole number"),
         (minimal(delivery={"deadLetterStream": "dlq"}), "must contain {stream}"),
@@ -100,6 +104,18 @@ class TestParsing:
     def test_whole_numbers_stay_whole_where_a_number_is_allowed(self) -> None:
         retry = parse_spec(minimal(delivery={"retry": {"multiplier": 3, "jitter": 0.1}})).delivery.retry
         assert (str(retry.multiplier), str(retry.jitter)) == ("3", "0.1")  # written back to the sidecar as given
+
+
+class TestPartitionedStreams:
+    def test_a_partitioned_stream_is_read_as_one_key_per_partition_after_the_plain_streams(self) -> None:
+        spec = parse_spec(minimal(streams=["refunds"], partitionedStreams=[{"name": "orders", "partitions": 3}]))
+        assert spec.stream_keys == ("refunds", "orders:{0}", "orders:{1}", "orders:{2}")
+        assert spec.dead_letter_streams == ("refunds:dead", "orders:{0}:dead", "orders:{1}:dead", "orders:{2}:dead")
+
+    def test_partitioned_streams_alone_are_enough(self) -> None:
+        spec = parse_spec({"redis": {"url": "redis://r"}, "group": "g", "template": {},
+                           "partitionedStreams": [{"name": "orders", "partitions": 2}]})
+        assert spec.streams == () and spec.stream_keys == ("orders:{0}", "orders:{1}")
 
 
 class TestRedisAddress:

@@ -116,7 +116,9 @@ class TestValidation:
         ({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "must not exceed"),
         ({"delivery": {"body": "raw"}}, "bodyField is required"),
         ({"startFrom": "yesterday"}, "startFrom must be"),
-        ({"streams": []}, "should have at least 1 items"),
+        ({"streams": []}, "give streams, partitionedStreams or both"),
+        ({"partitionedStreams": [{"name": "orders", "partitions": 0}]}, "should be greater than or equal to 1"),
+        ({"partitionedStreams": [{"name": "orders"}]}, "partitions: Required value"),
         ({"delivery": {"deadLetterStream": "dead"}}, "must contain {stream}"),
         ({"delivery": {"timeout": "soon"}}, "should match"),
         ({"deletionPolicy": "Shred"}, "Unsupported value"),
@@ -227,25 +229,33 @@ class TestRedisTopologies:
     ) -> None:
         cluster = RedisCluster().start()
         try:
-            streams = [f"orders:{{{n}}}" for n in range(6)] + ["refunds"]
             url = f"redis://{cluster.seeds}"
-            create(apis, namespace, manifest("billing", url, redis={"url": url, "mode": "cluster"}, streams=streams,
+            create(apis, namespace, manifest("billing", url, redis={"url": url, "mode": "cluster"},
+                                             streams=["refunds"],
+                                             partitionedStreams=[{"name": "orders", "partitions": 6}],
                                              autoscaling={"minReplicas": 1, "maxReplicas": 5,
                                                           "targetLagPerReplica": 10}))
             eventually(lambda: condition(get_sg(apis, namespace, "billing"), "GroupReady").get("status") == "True",
                        what="groups on the cluster")
+            keys = ["refunds"] + [f"orders:{{{n}}}" for n in range(6)]
             data = cluster.client()
             try:
-                for stream in streams:
-                    assert [g["name"] for g in data.xinfo_groups(stream)] == [b"billing"], stream
-                for n, stream in enumerate(streams):  # 7 + 6 + ... + 1 = 28 entries, spread over the primaries
+                for key in keys:
+                    assert [g["name"] for g in data.xinfo_groups(key)] == [b"billing"], key
+                for n, key in enumerate(keys):  # refunds 7, then 6 + 5 + ... + 1 = 21 over the partitions
                     for _ in range(7 - n):
-                        data.xadd(stream, {"n": str(n)})
+                        data.xadd(key, {"n": str(n)})
             finally:
                 data.close()
-            assert len({cluster.primary_of(stream).port for stream in streams}) > 1
-            eventually(lambda: get_sg(apis, namespace, "billing").get("status", {}).get("lag") == 28, what="lag 28")
+            assert len({cluster.primary_of(key).port for key in keys}) > 1
+            status = eventually(lambda: (s := get_sg(apis, namespace, "billing").get("status", {})).get("lag") == 28
+                                and s, what="lag 28")
+            assert status["partitionedStreams"] == [{"name": "orders", "partitions": 6, "lag": 21, "pending": 0}]
             eventually(lambda: replicas(apis, namespace, "billing") == 3, what="3 replicas for a total lag of 28")
+            env = sidecar_env(deployment(apis, namespace, "billing"), "p", {})
+            assert env["SG_STREAMS"] == ",".join(keys) and env["SG_REDIS_MODE"] == "cluster"
+            _, metrics = operator.get("/metrics")
+            assert 'streamgroup_partitioned_stream_lag{group="billing",name="billing",namespace="' in metrics
         finally:
             cluster.cleanup()
 

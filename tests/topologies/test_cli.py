@@ -11,6 +11,7 @@ import pytest
 
 from streamgroup_cli.__main__ import main
 from streamgroup_core.deadletters import dead_letter_fields
+from streamgroup_core.partitions import partition_of
 from tests.support.redis_topologies import RedisCluster, RedisSentinel
 
 PARTITIONS = [f"orders:{{{n}}}" for n in range(6)]
@@ -56,6 +57,24 @@ class TestOnACluster:
         assert code == 0 and "added 2 entries" in out
         code, out = run(*target, "replay", "refunds:{4}", "--from", "-")
         assert code == 0 and [json.loads(line)["fields"] for line in out.splitlines()] == [{"a": "1"}, {"a": "2"}]
+
+    def test_produce_spreads_a_partitioned_stream_by_its_partition_key_keeping_each_keys_order(
+        self, cluster: RedisCluster
+    ) -> None:
+        target = ["--redis-mode", "cluster", "--redis-url", f"redis://{cluster.seeds}"]
+        lines = "".join(json.dumps({"customer": f"c{n % 5}", "seq": str(n)}) + "\n" for n in range(40))
+        code, out = run(*target, "produce", "invoices", "--partitions", "6", "--partition-key", "customer",
+                        stdin=lines)
+        assert code == 0 and "added 40 entries to 6 partitions of invoices" in out
+        seen: dict[str, list[int]] = {}
+        for n in range(6):
+            code, out = run(*target, "replay", f"invoices:{{{n}}}", "--from", "-")
+            for line in out.splitlines():
+                fields = json.loads(line)["fields"]
+                assert partition_of(fields["customer"], 6) == n
+                seen.setdefault(fields["customer"], []).append(int(fields["seq"]))
+        assert sum(len(v) for v in seen.values()) == 40
+        assert all(sequence == sorted(sequence) for sequence in seen.values())
 
     def test_dead_letters_in_their_sources_slot_are_listed_and_redriven(self, cluster: RedisCluster) -> None:
         target = ["--redis-mode", "cluster", "--redis-url", f"redis://{cluster.seeds}"]
