@@ -276,8 +276,9 @@ class TestRedisTopologies:
                        what="the group on the primary")
             primary = sentinel.data_client(sentinel.node(sentinel.primary_port()))
             assert [g["name"] for g in primary.xinfo_groups("orders")] == [b"billing"]
-            env = sidecar_env(deployment(apis, namespace, "billing"), "p", {("data", "password"): "data-pw",
-                                                                              ("watch", "password"): "sentinel-pw"})
+            # GroupReady may come from the resync timer before the change handler applied the Deployment.
+            body = eventually(lambda: deployment(apis, namespace, "billing"), what="the Deployment")
+            env = sidecar_env(body, "p", {("data", "password"): "data-pw", ("watch", "password"): "sentinel-pw"})
             assert env["SG_REDIS_MODE"] == "sentinel" and env["SG_REDIS_SENTINEL_PASSWORD"] == "sentinel-pw"
             assert "sentinel-pw" not in operator.logs() and "data-pw" not in operator.logs()
         finally:
