@@ -9,7 +9,8 @@ that the tests verify after every step.
 
 The transitions, each the only place where its counts change::
 
-    reserve      free -> reserved                       a read is about to ask Redis
+    reserve      free -> reserved                       a read is about to ask Redis (all free
+                                                        slots, or at most as many as it asks)
     unreserve    reserved -> free                       the read failed
     hold         reserved -> queued, or waiting for     what the read returned; the slots
                  its key                                it did not fill are free again
@@ -22,8 +23,9 @@ The transitions, each the only place where its counts change::
     close        from now on an entry that would be queued again leaves instead
     drain        queued, waiting -> gone                shutdown: they stay pending in Redis
 
-Slots: ``free + reserved + held == max_in_flight``. A read reserves every free slot, then holds at
-most that many entries and gives the rest back, so memory is bounded by ``--max-in-flight``. An
+Slots: ``free + reserved + held == max_in_flight``. A read reserves every free slot (in cluster mode
+an idle slot group's blocking read reserves one, see :mod:`.reading`), then holds at most that many
+entries and gives the rest back, so memory is bounded by ``--max-in-flight``. An
 entry keeps its slot, and its key, until it leaves: while it waits to retry as well.
 
 Per-key order (``--ordering-field``): the field's value, per stream, is the entry's key. One entry
@@ -111,16 +113,18 @@ class InFlight:
 
     # --- slots: the reader ---------------------------------------------------------------------
 
-    async def reserve(self) -> int:
-        """Wait until a quarter of the slots are free (so reads stay batched under load), then reserve them all."""
+    async def reserve(self, most: int | None = None) -> int:
+        """Wait until a quarter of the slots are free (so reads stay batched under load), then reserve
+        them all, or at most ``most``."""
         while self._free < self._low_water:
             self._freed.clear()
             await self._freed.wait()
-        return self.reserve_free()
+        return self.reserve_free(most)
 
-    def reserve_free(self) -> int:
-        """Reserve every free slot for a read, at once; how many (maybe none)."""
-        slots, self._free = self._free, 0
+    def reserve_free(self, most: int | None = None) -> int:
+        """Reserve every free slot (at most ``most``) for a read, at once; how many (maybe none)."""
+        slots = self._free if most is None or most >= self._free else most
+        self._free -= slots
         self._reserved += slots
         return slots
 

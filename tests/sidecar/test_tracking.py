@@ -117,6 +117,17 @@ class TestSlots:
         assert t.counts().free == 0 and t.counts().reserved == 2
 
 
+    async def test_a_read_may_reserve_at_most_a_given_number_of_slots(self) -> None:
+        # Cluster mode: an idle slot group's blocking read takes one slot, a busy one all that are free.
+        t = tracker(size=8)
+        assert await t.reserve(1) == 1
+        assert t.reserve_free(100) == 7
+        t.unreserve(8)
+        assert t.reserve_free(3) == 3 and t.counts().free == 5
+        t.hold([entry(1)], 3)
+        assert t.counts().free == 7 and t.counts().held == 1
+
+
 class TestDelivering:
     def test_held_entries_are_queued_in_read_order_and_taken_one_by_one(self) -> None:
         t = tracker(size=4)
