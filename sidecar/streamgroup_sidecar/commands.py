@@ -7,6 +7,11 @@ leases and finding peers: thin wrappers that turn Redis replies into
 operator and the CLI is in :mod:`streamgroup_core.groups`. XREADGROUP replies are parsed here
 rather than by redis-py's callback, which folds fields into a dict and would lose a field
 name repeated in one entry.
+
+In cluster mode the client is a ``redis.asyncio.RedisCluster``: every command here names its key
+(or, for XREADGROUP, keys of one slot), so it goes to the primary owning that slot; MOVED and ASK
+replies are followed by redis-py. :data:`REDIS_FAILURES` and :func:`is_outage` say which
+exceptions mean "Redis failed" in every mode.
 """
 
 from __future__ import annotations
@@ -15,7 +20,18 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ReadOnlyError, ResponseError
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import (
+    AskError,
+    ClusterError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamgroup_core.connecting import Endpoint, Pem, Sentinels, Tls, async_client
 from streamgroup_core.deadletters import dead_letter_fields
@@ -74,15 +90,74 @@ def endpoint(settings: RedisSettings) -> Endpoint:
 
 def connect(settings: RedisSettings, socket_timeout: float) -> aioredis.Redis:
     """A client for ``settings``; secrets stay inside the client, never in its repr or logs."""
-    client: aioredis.Redis = async_client(endpoint(settings), socket_timeout=socket_timeout, socket_keepalive=True,
-                                          health_check_interval=15)
+    cluster: dict[str, Any] = {}
+    if settings.mode == "cluster":
+        # On a MOVED reply the client updates that slot's owner; by default every fifth one also makes
+        # it close every connection and rediscover the cluster, which cuts every other blocking read short.
+        cluster["reinitialize_steps"] = 0
+    made = async_client(endpoint(settings), socket_timeout=socket_timeout, socket_keepalive=True,
+                        health_check_interval=15, **cluster)
+    if settings.mode == "cluster":
+        _fail_writes_on_closed_connections(made)
+    client: aioredis.Redis = made
     client.set_response_callback("XREADGROUP", _raw)
     client.set_response_callback("XAUTOCLAIM", _raw)
     return client
 
 
+class _ClosedUnderUs:
+    """Mixin: a write on a connection that another task closed meanwhile fails as a ConnectionError.
+
+    redis-py's cluster client closes *every* connection of every node when one command fails on a lost
+    connection (to rediscover the cluster). A task that is writing on one of them at that moment gets
+    uvloop's ``RuntimeError`` ("the handler is closed"), or an ``AttributeError`` once redis-py dropped
+    the connection's writer: what it means is a lost connection, and it is retried as one.
+    """
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)  # type: ignore[misc]
+        except (RuntimeError, AttributeError) as exc:
+            raise RedisConnectionError(f"connection closed while in use ({type(exc).__name__}: {exc})") from exc
+
+
+def _fail_writes_on_closed_connections(client: RedisCluster) -> None:
+    """Give every connection of ``client`` the :class:`_ClosedUnderUs` behaviour.
+
+    The client makes every node's connections from one class in its connection arguments; the seed
+    nodes were made from it already, so they are made again (as the core does for TLS).
+    """
+    arguments = client.connection_kwargs
+    base = arguments.get("connection_class", aioredis.Connection)
+    arguments["connection_class"] = type(base.__name__, (_ClosedUnderUs, base), {})
+    manager = client.nodes_manager
+    manager.startup_nodes = {node.name: ClusterNode(node.host, node.port, **arguments)
+                             for node in manager.startup_nodes.values()}
+
+
 def is_nogroup(exc: BaseException) -> bool:
     return isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP")
+
+
+REDIS_FAILURES: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
+"""What a Redis call raises when it fails, in every mode: the units retry on these and nothing else.
+
+redis-py's cluster client raises :class:`~redis.exceptions.RedisClusterException`, which is *not* a
+``RedisError``, when it cannot reach or log in to any node while it discovers the cluster, and when a
+slot has no owner in its map (``SlotNotCoveredError``) during a failover.
+"""
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Redis as a whole cannot serve us right now (rather than one command being wrong).
+
+    A lost or timed-out connection, a failover (:func:`is_failover`), and in cluster mode what
+    happens while slots change owners: CLUSTERDOWN, TRYAGAIN, a MOVED or ASK redis-py gave up
+    following ("TTL exhausted"), a cluster it cannot discover or a slot it has no node for.
+    """
+    return (isinstance(exc, (RedisConnectionError, RedisTimeoutError, ClusterError, TryAgainError, AskError,
+                             RedisClusterException))
+            or is_failover(exc))
 
 
 def is_failover(exc: BaseException) -> bool:
@@ -133,6 +208,33 @@ async def read(
     args.extend(positions.keys())
     args.extend(positions.values())
     reply = await client.execute_command(*args)  # type: ignore[no-untyped-call]
+    return parse_read(reply, names)
+
+
+async def read_slot(
+    client: RedisCluster,
+    group: str,
+    consumer: str,
+    positions: dict[str, str],
+    count: int,
+    block_ms: int | None,
+    names: dict[bytes, str],
+) -> list[Entry]:
+    """Cluster mode: one XREADGROUP across streams that share a slot, sent to the primary that owns it.
+
+    Routed explicitly: otherwise redis-py would ask a node ``COMMAND GETKEYS`` before every call
+    (XREADGROUP's keys are "movable", it cannot find them itself). A MOVED or ASK reply is still
+    followed by redis-py (after a MOVED it asks ``COMMAND GETKEYS`` once, to find the new owner).
+    """
+    await client.initialize()  # at once unless a failure made it drop its map of the slots
+    node = client.get_node_from_key(next(iter(positions)))
+    args: list[Any] = ["XREADGROUP", "GROUP", group, consumer, "COUNT", count]
+    if block_ms is not None:
+        args += ["BLOCK", block_ms]
+    args.append("STREAMS")
+    args.extend(positions.keys())
+    args.extend(positions.values())
+    reply = await client.execute_command(*args, target_nodes=node)
     return parse_read(reply, names)
 
 
@@ -204,7 +306,10 @@ async def record_trimmed(
 
 
 async def ack(client: aioredis.Redis, group: str, ids_by_stream: dict[str, list[str]]) -> None:
-    """Acknowledge everything given, in one round trip."""
+    """Acknowledge everything given, in one round trip (in cluster mode, one per node, sent in parallel).
+
+    Any failure raises, and the caller sends the whole batch again: acking an entry twice is harmless.
+    """
     async with client.pipeline(transaction=False) as pipe:
         for stream, ids in ids_by_stream.items():
             pipe.xack(stream, group, *ids)

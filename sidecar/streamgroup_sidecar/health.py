@@ -7,9 +7,14 @@ whenever one of them changes, so a scrape tells the truth even when nobody asks 
 
 Every unit that talks to Redis reports here how its calls went. A lost connection is one
 incident whichever unit notices it first, logged once when it starts and once when it ends;
-other errors (a missing group, a script error) are logged by the caller's own incident. When a
-replica answers at Redis' address (a failover moved the primary), every connection is dropped so
-that the next ones resolve the name again and reach the new primary.
+other errors (a missing group, a script error) are logged by the caller's own incident. In cluster
+mode, slots changing owners (CLUSTERDOWN, TRYAGAIN, redirections redis-py gave up on, a cluster it
+cannot discover) count as Redis being down too (:func:`.commands.is_outage`), and Redis is back only
+once no call has failed for a whole back-off (:data:`CLUSTER_SETTLE`): with one primary down the
+others keep answering, and the outage is still one incident. When a replica answers
+at Redis' address (a failover moved the primary), every connection is dropped so that the next ones
+resolve the name again and reach the new primary; in cluster mode the client does that itself (a
+MOVED reply or a lost connection makes it read the slots' owners again), so nothing is dropped.
 """
 
 from __future__ import annotations
@@ -19,8 +24,6 @@ import logging
 import time
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamgroup_core.logs import Incident
 
@@ -33,14 +36,23 @@ logger = logging.getLogger("streamgroup.sidecar")
 
 # Back-off for Redis operations (connection loss, restarts): quick first, then calm.
 REDIS_RETRY = RetrySettings(initial=0.1, maximum=5.0, multiplier=2.0, jitter=0.2)
+# Cluster mode: Redis counts as recovered once a call succeeds and none has failed for this long, the
+# longest back-off between two retries: a unit still failing would have failed again meanwhile. (One
+# primary down while the others answer would otherwise make Redis fail and recover at every retry.)
+CLUSTER_SETTLE = REDIS_RETRY.maximum * (1 + REDIS_RETRY.jitter)
 # /healthz fails (and the kubelet restarts the pod) once the event loop has not run for this long.
 LOOP_STALL_LIMIT = 30.0
 
 
 class Health:
-    def __init__(self, metrics: Metrics, redis: aioredis.Redis) -> None:
+    def __init__(self, metrics: Metrics, redis: aioredis.Redis, cluster: bool = False) -> None:
+        """``cluster``: ``redis`` is a Redis Cluster client (it has no one pool of connections to drop)."""
         self._metrics = metrics
         self._redis = redis
+        self._cluster = cluster
+        self._settle = CLUSTER_SETTLE if cluster else 0.0
+        self._outage_at = 0.0
+        """When a call last failed because Redis (or part of the cluster) was down."""
         self._redis_ok = False
         self._groups_ok = False
         self._app_up = asyncio.Event()
@@ -79,10 +91,10 @@ class Health:
     def redis_failed(self, operation: str, incident: Incident, exc: BaseException) -> None:
         """A Redis call failed: count it, log it (once per incident), and mark Redis down if it is."""
         self._metrics.redis_errors.labels(operation).inc()
-        failover = commands.is_failover(exc)
-        if failover:
+        if commands.is_failover(exc):
             self._drop_connections()
-        if failover or isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+        if commands.is_outage(exc):
+            self._outage_at = time.monotonic()
             self._redis_incident.failed(exc)
             if self._redis_ok:
                 self._redis_ok = False
@@ -91,7 +103,13 @@ class Health:
             incident.failed(exc)
 
     def redis_recovered(self, incident: Incident) -> None:
-        """A Redis call that writes (or blocks on the primary) succeeded: Redis is fine, and so is ``incident``."""
+        """A Redis call that writes (or blocks on the primary) succeeded: Redis is fine, and so is ``incident``.
+
+        In cluster mode Redis is fine only once no call has failed for :data:`CLUSTER_SETTLE` seconds.
+        """
+        if self._settle and time.monotonic() - self._outage_at < self._settle:
+            incident.recovered()
+            return
         if not self._redis_ok:
             self._redis_ok = True
             self._show()
@@ -99,6 +117,8 @@ class Health:
         incident.recovered()
 
     def _drop_connections(self) -> None:
+        if self._cluster:
+            return  # it finds the new owners itself: MOVED replies follow a failover
         now = time.monotonic()
         if now - self._dropped_at < 1.0:
             return  # once a second at most, whichever unit noticed

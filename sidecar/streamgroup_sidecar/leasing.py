@@ -14,7 +14,6 @@ import asyncio
 import logging
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from streamgroup_core.logs import Incident
 
@@ -55,7 +54,7 @@ class LeaseKeeper:
             try:
                 lost = await commands.refresh_leases(
                     self._redis, stream, self._group, self._consumer, held[start:start + LEASE_BATCH])
-            except RedisError as exc:
+            except commands.REDIS_FAILURES as exc:
                 self._health.redis_failed("lease", self._incident, exc)
                 return
             self._health.redis_recovered(self._incident)

@@ -11,11 +11,11 @@ import asyncio
 import logging
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from streamgroup_core import groups
 from streamgroup_core.logs import Incident
 
+from . import commands
 from .config import Settings
 from .health import Health
 from .metrics import GroupSnapshot, Metrics
@@ -39,7 +39,7 @@ class GroupStats:
                 await self._measure()
                 # Only its own incident: reads succeed on a replica too, so they prove nothing about writes.
                 self._incident.recovered()
-            except RedisError as exc:
+            except commands.REDIS_FAILURES as exc:
                 self._health.redis_failed("stats", self._incident, exc)
             await asyncio.sleep(self._interval)
 

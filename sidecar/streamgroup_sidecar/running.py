@@ -28,7 +28,6 @@ import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from redis.exceptions import RedisError
 
 from streamgroup_core.logs import Incident
 from streamgroup_core.redaction import hide_url_passwords
@@ -52,6 +51,8 @@ from .working import Workers
 
 logger = logging.getLogger("streamgroup.sidecar")
 
+_HANDOVER_FAILURES: tuple[type[Exception], ...] = (*commands.REDIS_FAILURES, TimeoutError)
+
 
 class Sidecar:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
@@ -63,7 +64,7 @@ class Sidecar:
         delivery = settings.delivery
         self._redis = redis = commands.connect(settings.redis, socket_timeout=settings.read.block + 10.0)
         self._stop = stop = Stop()
-        self.health = health = Health(metrics, redis)
+        self.health = health = Health(metrics, redis, cluster=settings.redis.mode == "cluster")
         self._tracker = tracker = InFlight(delivery.max_in_flight, settings.group.streams, delivery.ordering_field)
         metrics.in_flight.set_function(lambda: tracker.in_flight)
         self._deliverer = make_deliverer(delivery.http_client, delivery.app_url, delivery.request_timeout,
@@ -90,8 +91,9 @@ class Sidecar:
         await self._deliverer.start()
         s = self.settings
         logger.info("sidecar starting", extra={"sg": {
-            "redis": hide_url_passwords(s.redis.url), "streams": list(s.group.streams), "group": s.group.group,
-            "consumer": s.group.consumer, "app": s.delivery.app_url, "health_port": self._server.port,
+            "redis": hide_url_passwords(s.redis.url), "redis_mode": s.redis.mode, "streams": list(s.group.streams),
+            "group": s.group.group, "consumer": s.group.consumer, "app": s.delivery.app_url,
+            "health_port": self._server.port,
         }})
         self._workers.start()
         background = [
@@ -139,7 +141,7 @@ class Sidecar:
         if flushed:
             try:
                 handed, left = await asyncio.wait_for(self._handover.run(), max(0.1, deadline - time.monotonic()))
-            except (RedisError, TimeoutError) as exc:
+            except _HANDOVER_FAILURES as exc:
                 logger.warning("could not hand pending entries over; peers will reclaim them after "
                                "--claim-min-idle", extra={"sg": {"error": repr(exc)}})
         await self._deliverer.close()
