@@ -4,21 +4,26 @@ An entry leaves the pending list only by an XACK after the app accepted it, or a
 together with its copy in the dead-letter stream (see :func:`.commands.dead_letter`). A dead
 letter is therefore retried until Redis takes it, or until the sidecar stops: then the entry
 simply stays pending, and its next owner delivers it again.
+
+In Redis Cluster the script's two keys must share a slot: :func:`dead_letter_key_for` resolves the
+default template so that they do, and :func:`dead_letter_keys` refuses, at start-up, a configured
+template that puts a dead-letter stream in another slot than its source.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterable
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from streamgroup_core.deadletters import dead_letter_key
+from streamgroup_core.deadletters import DEFAULT_TEMPLATE, dead_letter_key
 from streamgroup_core.logs import Incident
+from streamgroup_core.partitions import hash_tag, keyslot
 
 from . import commands
-from .config import Settings
+from .config import ConfigError, Settings
 from .entries import Entry
 from .health import REDIS_RETRY, Health
 from .metrics import Metrics
@@ -28,10 +33,54 @@ from .stopping import Stop
 logger = logging.getLogger("streamgroup.sidecar")
 
 
+def dead_letter_key_for(template: str, stream: str, mode: str) -> str:
+    """The dead-letter stream of ``stream`` under ``template`` when Redis runs in ``mode``.
+
+    Standalone and sentinel mode: the template's key, as :func:`~streamgroup_core.deadletters.dead_letter_key`
+    gives it. Cluster mode with the default template (``{stream}:dead``): a key in the slot of its
+    source, since the dead letter is written by one script together with the source's XACK. A
+    stream with a hash tag keeps it (``orders:{3}`` -> ``orders:{3}:dead``); an untagged stream
+    becomes the hash tag (``orders`` -> ``{orders}:dead``, where ``orders:dead`` would be in another
+    slot). Any other template is taken as it stands: :func:`dead_letter_keys` checks its slots.
+    """
+    if mode == "cluster" and template == DEFAULT_TEMPLATE and hash_tag(stream) == stream.encode():
+        return "{" + stream + "}:dead"
+    return dead_letter_key(template, stream)
+
+
+class DeadLetterSlotError(ConfigError):
+    """Cluster mode: a dead-letter stream would be in another slot than its source (the script needs both)."""
+
+
+def dead_letter_keys(template: str, streams: Iterable[str], mode: str) -> dict[str, str]:
+    """Each stream's dead-letter stream (:func:`dead_letter_key_for`).
+
+    In cluster mode :class:`DeadLetterSlotError` names the first stream whose dead-letter stream is
+    in another slot, and both slots: the sidecar refuses to start rather than fail on the first dead letter.
+    """
+    keys = {stream: dead_letter_key_for(template, stream, mode) for stream in streams}
+    if mode == "cluster":
+        for stream, key in keys.items():
+            if keyslot(key) != keyslot(stream):
+                if template == DEFAULT_TEMPLATE:
+                    # Only a stream without a hash tag whose name has a brace in it: it cannot be one.
+                    hint = "name the stream without a brace, or with a hash tag"
+                else:
+                    hint = (f"use the default template {DEFAULT_TEMPLATE} (cluster mode keeps it in its source's "
+                            "slot) or one whose keys carry their source's hash tag")
+                raise DeadLetterSlotError(
+                    f"--dead-letter-stream / SG_DEAD_LETTER_STREAM {template!r} puts the dead letters of "
+                    f"{stream!r} (slot {keyslot(stream)}) in {key!r} (slot {keyslot(key)}): in cluster mode a dead "
+                    "letter is written by one script together with the ack of its source, so both keys must "
+                    f"share a slot; {hint}")
+    return keys
+
+
 class DeadLetters:
     def __init__(self, settings: Settings, redis: aioredis.Redis, health: Health, metrics: Metrics,
                  stop: Stop) -> None:
-        self._template = settings.delivery.dead_letter_stream
+        self._keys = dead_letter_keys(settings.delivery.dead_letter_stream, settings.group.streams,
+                                      settings.redis.mode)
         self._group = settings.group.group
         self._consumer = settings.group.consumer
         self._redis = redis
@@ -43,14 +92,14 @@ class DeadLetters:
 
     async def write(self, entry: Entry, reason: str, detail: str) -> None:
         """Move ``entry`` to the dead-letter stream (XACK and XADD in one step), retrying until done or stopped."""
-        target = dead_letter_key(self._template, entry.stream)
+        target = self._keys[entry.stream]
         failures = 0
         incident = Incident(logger, "writing a dead letter")
         while True:
             try:
                 moved = await commands.dead_letter(
                     self._redis, entry, target, self._group, self._consumer, reason, detail)
-            except RedisError as exc:
+            except commands.REDIS_FAILURES as exc:
                 failures += 1
                 self._health.redis_failed("dead_letter", incident, exc)
                 if await self._stop.during(backoff(failures, REDIS_RETRY, self._rng)):
@@ -67,12 +116,12 @@ class DeadLetters:
     async def write_trimmed(self, stream: str, ids: list[str]) -> None:
         """Record entries XAUTOCLAIM found deleted (it already dropped them from the pending list): only
         their IDs are left. Retried until done; if the sidecar stops first, the IDs are logged instead."""
-        target = dead_letter_key(self._template, stream)
+        target = self._keys[stream]
         failures = 0
         while True:
             try:
                 await commands.record_trimmed(self._redis, stream, target, self._group, self._consumer, ids)
-            except RedisError as exc:
+            except commands.REDIS_FAILURES as exc:
                 failures += 1
                 self._health.redis_failed("dead_letter", self._trimmed_incident, exc)
                 if await self._stop.during(backoff(failures, REDIS_RETRY, self._rng)):
