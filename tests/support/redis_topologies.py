@@ -191,6 +191,16 @@ class RedisCluster:
             return all(primary != dead_port for _, _, primary, _ in self.slot_ranges())
         _wait(recovered, timeout, f"a replica promoted in place of {dead_port}")
 
+    def restart(self, port: int, timeout: float = 60.0) -> None:
+        """Start a killed node again (as a pod is restarted): it rejoins the cluster from its ``nodes.conf``,
+        as a replica of whichever node took its slots; returns once every primary has a replica again."""
+        node = self.node(port)
+        if node.alive():
+            raise RuntimeError(f"node {port} is running")
+        node.start()
+        _wait(lambda: node.client().ping(), 10, f"node {port} answering")
+        self.wait_healthy(timeout)
+
     def write_replicated(self, key: str, fields: dict[str, str]) -> str:
         """XADD on the key's primary, then WAIT until a replica has it (a counted entry survives a failover)."""
         client = self.primary_of(key).client()
@@ -229,6 +239,47 @@ class RedisCluster:
     def client(self) -> redis.RedisCluster:
         return redis.RedisCluster(host="127.0.0.1", port=self._live_node().port, socket_timeout=5,
                                   password=self.password)
+
+    def node_id(self, port: int) -> str:
+        reply = self.node(port).client().execute_command("CLUSTER", "MYID")
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+    def migrate_slot(self, slot: int, to_port: int, pause: float = 0.0) -> int:
+        """Move ``slot`` to the primary on ``to_port`` as ``redis-cli --cluster reshard`` does: mark it
+        importing and migrating, MIGRATE its keys one at a time (``pause`` seconds after each: meanwhile
+        the source answers ASK for the keys already moved), then give it to the target on every
+        primary. Returns how many keys moved."""
+        source = next(primary for first, last, primary, _ in self.slot_ranges() if first <= slot <= last)
+        if source == to_port:
+            raise ValueError(f"slot {slot} is on {to_port} already")
+        source_id, target_id = self.node_id(source), self.node_id(to_port)
+        target, origin = self.node(to_port).client(), self.node(source).client()
+        target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        origin.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        auth = ["AUTH", self.password] if self.password else []
+        moved = 0
+        for _ in range(10_000):
+            keys = origin.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1)
+            if not keys:
+                break
+            origin.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, *auth, "KEYS", *keys)
+            moved += len(keys)
+            time.sleep(pause)
+        # The target first, then the source, as redis-cli does: the slot is never without an owner.
+        for port in [to_port, source, *(p for p in self.replicas_by_primary() if p not in (to_port, source))]:
+            self.node(port).client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        _wait(lambda: all(primary == to_port for first, last, primary, _ in self.slot_ranges()
+                          if first <= slot <= last), 30, f"slot {slot} served by {to_port}")
+        return moved
+
+    def command_calls(self, name: str) -> int:
+        """Calls of ``name`` (e.g. ``command|getkeys``) on every live node, from INFO commandstats."""
+        total = 0
+        for node in self.nodes:
+            if node.alive():
+                stats = node.client().info("commandstats").get(f"cmdstat_{name}")
+                total += int(stats["calls"]) if stats else 0
+        return total
 
     def cleanup(self) -> None:
         for node in self.nodes:
