@@ -26,7 +26,7 @@ import redis
 
 from streamgroup_core.addresses import DEFAULT_URL, MODES, check_url
 from streamgroup_core.connecting import Endpoint, Sentinels, sync_client
-from streamgroup_core.deadletters import DEFAULT_TEMPLATE, dead_letter_key
+from streamgroup_core.deadletters import DEFAULT_TEMPLATE, dead_letter_key_for
 from streamgroup_core.redaction import hide_url_passwords
 from streamgroup_core.redaction import redact as redact_secrets
 from streamgroup_core.spec import API_GROUP, API_VERSION, PLURAL, SecretMissing, SpecError, parse_resource
@@ -49,7 +49,7 @@ class Target:
     dead_letter_template: str = DEFAULT_TEMPLATE
 
     def dead_letter_stream(self, stream: str) -> str:
-        return dead_letter_key(self.dead_letter_template, stream)
+        return dead_letter_key_for(self.dead_letter_template, stream, self.connection.mode)
 
     @property
     def dead_letter_streams(self) -> tuple[str, ...]:

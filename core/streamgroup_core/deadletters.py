@@ -19,6 +19,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from .partitions import hash_tag
+
 DEFAULT_TEMPLATE = "{stream}:dead"
 META_FIELDS = ("sg:stream", "sg:id", "sg:group", "sg:consumer", "sg:deliveries", "sg:reason", "sg:detail", "sg:time")
 _META = frozenset(name.encode() for name in META_FIELDS)
@@ -45,6 +47,20 @@ def check_template(template: str) -> str:
 def dead_letter_key(template: str, stream: str) -> str:
     """The dead-letter stream of ``stream``."""
     return check_template(template).replace(PLACEHOLDER, stream)
+
+
+def dead_letter_key_for(template: str, stream: str, mode: str) -> str:
+    """The dead-letter stream of ``stream`` under ``template`` when Redis runs in ``mode``.
+
+    Standalone and sentinel mode: :func:`dead_letter_key`. On a Redis Cluster the dead letter is
+    written by one script together with the source's XACK, so both keys must share a slot: with the
+    default template a stream with a hash tag keeps it (``orders:{3}`` → ``orders:{3}:dead``) and an
+    untagged one becomes the tag (``orders`` → ``{orders}:dead``; ``orders:dead`` would be elsewhere).
+    Another template is taken as it stands; whoever writes checks its slot.
+    """
+    if mode == "cluster" and template == DEFAULT_TEMPLATE and hash_tag(stream) == stream.encode():
+        return "{" + stream + "}:dead"
+    return dead_letter_key(template, stream)
 
 
 def source_of(template: str, key: str) -> str | None:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from .addresses import MODES, check_url, url_for
 from .connecting import Endpoint, Pem, Sentinels, Tls
-from .deadletters import DEFAULT_TEMPLATE, InvalidTemplate, check_template, dead_letter_key
+from .deadletters import DEFAULT_TEMPLATE, InvalidTemplate, check_template, dead_letter_key_for
 from .durations import InvalidDuration, parse_duration
 from .ids import InvalidEntryID, start_position
 from .partitions import partition_keys
@@ -240,7 +240,7 @@ class StreamGroupSpec:
         return self.streams + tuple(key for stream in self.partitioned_streams for key in stream.keys)
 
     def dead_letter_stream(self, stream: str) -> str:
-        return dead_letter_key(self.delivery.dead_letter_stream, stream)
+        return dead_letter_key_for(self.delivery.dead_letter_stream, stream, self.redis.mode)
 
     @property
     def dead_letter_streams(self) -> tuple[str, ...]:

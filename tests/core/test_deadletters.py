@@ -5,13 +5,16 @@ from __future__ import annotations
 import pytest
 
 from streamgroup_core.deadletters import (
+    DEFAULT_TEMPLATE,
     InvalidTemplate,
     check_template,
     dead_letter_fields,
     dead_letter_key,
+    dead_letter_key_for,
     source_of,
     split_fields,
 )
+from streamgroup_core.partitions import keyslot
 
 
 class TestTheKeyTemplate:
@@ -41,6 +44,20 @@ class TestTheKeyTemplate:
         assert source_of("{stream}/{stream}", "a/b") is None
         assert source_of("dlq:{stream}", "dlq:") is None
         assert source_of("{{stream}}:dead", "orders:dead") is None
+
+
+class TestOnARedisCluster:
+    @pytest.mark.parametrize("stream, key", [
+        ("orders", "{orders}:dead"), ("orders:{3}", "orders:{3}:dead"), ("{user1}.events", "{user1}.events:dead"),
+    ])
+    def test_the_default_key_shares_its_sources_slot(self, stream: str, key: str) -> None:
+        assert dead_letter_key_for(DEFAULT_TEMPLATE, stream, "cluster") == key
+        assert keyslot(key) == keyslot(stream)
+
+    def test_other_modes_and_other_templates_are_taken_as_they_stand(self) -> None:
+        assert dead_letter_key_for(DEFAULT_TEMPLATE, "orders", "standalone") == "orders:dead"
+        assert dead_letter_key_for(DEFAULT_TEMPLATE, "orders", "sentinel") == "orders:dead"
+        assert dead_letter_key_for("dlq:{stream}", "orders", "cluster") == "dlq:orders"
 
 
 class TestTheDeadLetterLayout:

@@ -140,8 +140,11 @@ class TestRedisModes:
         assert endpoint.sentinels == Sentinels("main", username="watcher", password="w")
         assert endpoint.hosts() == [("s-0", 26379), ("s-1", 26379)]
 
-    def test_a_cluster_lists_seed_nodes(self) -> None:
-        redis = parse_spec(minimal(redis={"url": "redis://r-0:6379,r-1:6379", "mode": "cluster"})).redis
+    def test_a_cluster_lists_seed_nodes_and_keeps_dead_letters_in_their_sources_slots(self) -> None:
+        spec = parse_spec(minimal(redis={"url": "redis://r-0:6379,r-1:6379", "mode": "cluster"},
+                                  partitionedStreams=[{"name": "payments", "partitions": 1}]))
+        assert spec.dead_letter_streams == ("{orders}:dead", "{refunds}:dead", "payments:{0}:dead")
+        redis = spec.redis
         endpoint = redis.endpoint("shop", {})
         assert (endpoint.mode, endpoint.hosts()) == ("cluster", [("r-0", 6379), ("r-1", 6379)])
 
