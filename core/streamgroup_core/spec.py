@@ -25,7 +25,7 @@ from .connecting import Endpoint, Pem, Sentinels, Tls
 from .deadletters import DEFAULT_TEMPLATE, InvalidTemplate, check_template, dead_letter_key_for
 from .durations import InvalidDuration, parse_duration
 from .ids import InvalidEntryID, start_position
-from .partitions import partition_keys
+from .partitions import keyslot, partition_keys
 
 API_GROUP = "streamgroup.io"
 API_VERSION = "v1alpha1"
@@ -346,6 +346,14 @@ def _checked(spec: StreamGroupSpec) -> StreamGroupSpec:
         check_template(spec.delivery.dead_letter_stream)
     except InvalidTemplate as exc:
         raise SpecError(f"spec.delivery.deadLetterStream: {exc}") from None
+    if redis.mode == "cluster":
+        # A dead letter is written together with its source's XACK by one script: one slot for both.
+        for stream, dead in zip(keys, spec.dead_letter_streams, strict=True):
+            if keyslot(dead) != keyslot(stream):
+                raise SpecError(
+                    f"spec.delivery.deadLetterStream: on a Redis Cluster {dead!r} (slot {keyslot(dead)}) must "
+                    f"share the slot of {stream!r} (slot {keyslot(stream)}); make the stream the hash tag, "
+                    "e.g. {{stream}}:dead")
     delivery = spec.delivery
     durations = {"spec.delivery.timeout": delivery.timeout, "spec.delivery.retry.initial": delivery.retry.initial,
                  "spec.delivery.retry.max": delivery.retry.max, "spec.claim.minIdle": spec.claim.min_idle,

@@ -159,6 +159,15 @@ class TestRedisModes:
         with pytest.raises(SpecError, match=needle):
             parse_spec(minimal(redis=redis))
 
+    def test_on_a_cluster_a_dead_letter_key_outside_its_sources_slot_is_refused_naming_both(self) -> None:
+        with pytest.raises(SpecError, match=r"'dlq:orders' \(slot \d+\) must share the slot of 'orders'"):
+            parse_spec(minimal(redis={"url": "redis://r", "mode": "cluster"},
+                               delivery={"deadLetterStream": "dlq:{stream}"}))
+        spec = parse_spec(minimal(redis={"url": "redis://r", "mode": "cluster"},
+                                  delivery={"deadLetterStream": "dlq:{{stream}}"}))
+        assert spec.dead_letter_streams == ("dlq:{orders}", "dlq:{refunds}")
+
+
 
 class TestSecrets:
     REDIS = {"url": "rediss://r:6379/0", "username": "sg", "passwordSecretRef": {"name": "auth"},
