@@ -5,9 +5,10 @@ together with its copy in the dead-letter stream (see :func:`.commands.dead_lett
 letter is therefore retried until Redis takes it, or until the sidecar stops: then the entry
 simply stays pending, and its next owner delivers it again.
 
-In Redis Cluster the script's two keys must share a slot: :func:`dead_letter_key_for` resolves the
-default template so that they do, and :func:`dead_letter_keys` refuses, at start-up, a configured
-template that puts a dead-letter stream in another slot than its source.
+In Redis Cluster the script's two keys must share a slot: the core's
+:func:`~streamgroup_core.deadletters.dead_letter_key_for` resolves the default template so that they
+do, and :func:`dead_letter_keys` refuses, at start-up, a configured template that puts a dead-letter
+stream in another slot than its source.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from collections.abc import Iterable
 
 import redis.asyncio as aioredis
 
-from streamgroup_core.deadletters import DEFAULT_TEMPLATE, dead_letter_key
+from streamgroup_core.deadletters import DEFAULT_TEMPLATE, dead_letter_key_for
 from streamgroup_core.logs import Incident
-from streamgroup_core.partitions import hash_tag, keyslot
+from streamgroup_core.partitions import keyslot
 
 from . import commands
 from .config import ConfigError, Settings
@@ -33,27 +34,12 @@ from .stopping import Stop
 logger = logging.getLogger("streamgroup.sidecar")
 
 
-def dead_letter_key_for(template: str, stream: str, mode: str) -> str:
-    """The dead-letter stream of ``stream`` under ``template`` when Redis runs in ``mode``.
-
-    Standalone and sentinel mode: the template's key, as :func:`~streamgroup_core.deadletters.dead_letter_key`
-    gives it. Cluster mode with the default template (``{stream}:dead``): a key in the slot of its
-    source, since the dead letter is written by one script together with the source's XACK. A
-    stream with a hash tag keeps it (``orders:{3}`` -> ``orders:{3}:dead``); an untagged stream
-    becomes the hash tag (``orders`` -> ``{orders}:dead``, where ``orders:dead`` would be in another
-    slot). Any other template is taken as it stands: :func:`dead_letter_keys` checks its slots.
-    """
-    if mode == "cluster" and template == DEFAULT_TEMPLATE and hash_tag(stream) == stream.encode():
-        return "{" + stream + "}:dead"
-    return dead_letter_key(template, stream)
-
-
 class DeadLetterSlotError(ConfigError):
     """Cluster mode: a dead-letter stream would be in another slot than its source (the script needs both)."""
 
 
 def dead_letter_keys(template: str, streams: Iterable[str], mode: str) -> dict[str, str]:
-    """Each stream's dead-letter stream (:func:`dead_letter_key_for`).
+    """Each stream's dead-letter stream (:func:`~streamgroup_core.deadletters.dead_letter_key_for`).
 
     In cluster mode :class:`DeadLetterSlotError` names the first stream whose dead-letter stream is
     in another slot, and both slots: the sidecar refuses to start rather than fail on the first dead letter.

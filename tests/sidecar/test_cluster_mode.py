@@ -24,10 +24,11 @@ from redis.exceptions import (
     TryAgainError,
 )
 
+from streamgroup_core.deadletters import dead_letter_key_for
 from streamgroup_core.partitions import keyslot, partition_keys
 from streamgroup_sidecar import commands, health
 from streamgroup_sidecar.config import ConfigError, Settings, parse_settings
-from streamgroup_sidecar.dead_lettering import DeadLetterSlotError, dead_letter_key_for, dead_letter_keys
+from streamgroup_sidecar.dead_lettering import DeadLetterSlotError, dead_letter_keys
 from streamgroup_sidecar.health import CLUSTER_SETTLE, Health
 from streamgroup_sidecar.metrics import Metrics
 from streamgroup_sidecar.reading import slot_groups

@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis
 
+from streamgroup_core.deadletters import dead_letter_key_for
 from streamgroup_core.partitions import keyslot, partition_keys
 from streamgroup_sidecar.config import parse_settings
-from streamgroup_sidecar.dead_lettering import dead_letter_key_for
 from streamgroup_sidecar.reading import slot_groups
 from tests.sidecar.conftest import eventually, running, wait_for_pending_zero
 from tests.support.apps import RecordingApp
