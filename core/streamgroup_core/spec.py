@@ -348,11 +348,11 @@ def _checked(spec: StreamGroupSpec) -> StreamGroupSpec:
         raise SpecError(f"spec.delivery.deadLetterStream: {exc}") from None
     if redis.mode == "cluster":
         # A dead letter is written together with its source's XACK by one script: one slot for both.
-        for stream, dead in zip(keys, spec.dead_letter_streams, strict=True):
-            if keyslot(dead) != keyslot(stream):
+        for key, dead in zip(keys, spec.dead_letter_streams, strict=True):
+            if keyslot(dead) != keyslot(key):
                 raise SpecError(
                     f"spec.delivery.deadLetterStream: on a Redis Cluster {dead!r} (slot {keyslot(dead)}) must "
-                    f"share the slot of {stream!r} (slot {keyslot(stream)}); make the stream the hash tag, "
+                    f"share the slot of {key!r} (slot {keyslot(key)}); make the stream the hash tag, "
                     "e.g. {{stream}}:dead")
     delivery = spec.delivery
     durations = {"spec.delivery.timeout": delivery.timeout, "spec.delivery.retry.initial": delivery.retry.initial,
