@@ -75,11 +75,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"streamgroup-sidecar: {exc}", file=sys.stderr)
         return 2
     logs.setup(settings.log_level)
+    try:
+        sidecar = Sidecar(settings)  # checks what needs the settings whole (a dead-letter key's slot)
+    except ConfigError as exc:
+        print(f"streamgroup-sidecar: {exc}", file=sys.stderr)
+        return 2
     _tune_gc()
     try:
         # uvloop when available: the event loop is part of the hot path (docs/performance.md).
         runner = getattr(importlib.import_module("uvloop"), "run", asyncio.run) if _has_uvloop() else asyncio.run
-        runner(_run(Sidecar(settings)))
+        runner(_run(sidecar))
     except GroupLost as exc:
         logging.getLogger("streamgroup.sidecar").error(f"exiting: {exc} (--on-group-loss exit)")
         return 3

@@ -149,6 +149,17 @@ class TestBadValuesFailFast:
                          "(from --max-in-flight='-3'): must be at least 1"]
 
 
+    def test_a_dead_letter_key_outside_its_sources_cluster_slot_also_exits_2_naming_both_slots(self) -> None:
+        result = subprocess.run(
+            [sys.executable, "-m", "streamgroup_sidecar", "--streams", "orders", "--group", "g", "--redis-mode",
+             "cluster", "--redis-url", "redis://127.0.0.1:1", "--dead-letter-stream", "dlq:{stream}"],
+            capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"},
+        )
+        assert result.returncode == 2
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith("streamgroup-sidecar: ") and "'dlq:orders'" in line and "slot" in line
+
+
 class TestDocumentation:
     def test_every_option_is_in_the_readme_table(self) -> None:
         readme = (REPO / "README.md").read_text()

@@ -153,6 +153,14 @@ class RedisCluster:
         return ",".join(f"127.0.0.1:{port}" for port in self.ports[:3])
 
     def start(self, timeout: float = 60.0) -> RedisCluster:
+        """Start the nodes and make them a cluster; on any failure, stop what was started and remove the folder."""
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def _start(self, timeout: float) -> RedisCluster:
         for node in self.nodes:
             node.start()
         for node in self.nodes:
@@ -327,6 +335,14 @@ class RedisSentinel:
         return node.client(password=self.sentinel_password)
 
     def start(self, timeout: float = 30.0) -> RedisSentinel:
+        """Start the servers and sentinels; on any failure, stop what was started and remove the folder."""
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def _start(self, timeout: float) -> RedisSentinel:
         for node in (self.primary, self.replica, *self.sentinels):
             node.start()
         for node in (self.primary, self.replica):
