@@ -26,6 +26,7 @@ import time
 import redis.asyncio as aioredis
 
 from streamgroup_core.logs import Incident
+from streamgroup_core.redaction import hide_url_passwords
 
 from . import commands
 from .config import RetrySettings
@@ -158,7 +159,7 @@ class Health:
     async def probe_app(self, deliverer: Deliverer, url: str, interval: float) -> None:
         """With ``--app-health-url``: probe it every ``interval`` seconds; it alone decides whether the app is up."""
         while True:
-            self.app_state(await deliverer.probe(url), f"{url} did not answer 2xx")
+            self.app_state(await deliverer.probe(url), f"{hide_url_passwords(url)} did not answer 2xx")
             await asyncio.sleep(interval)
 
     # --- the event loop ------------------------------------------------------------------------

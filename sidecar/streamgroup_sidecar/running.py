@@ -92,7 +92,7 @@ class Sidecar:
         s = self.settings
         logger.info("sidecar starting", extra={"sg": {
             "redis": hide_url_passwords(s.redis.url), "redis_mode": s.redis.mode, "streams": list(s.group.streams),
-            "group": s.group.group, "consumer": s.group.consumer, "app": s.delivery.app_url,
+            "group": s.group.group, "consumer": s.group.consumer, "app": hide_url_passwords(s.delivery.app_url),
             "health_port": self._server.port,
         }})
         self._workers.start()

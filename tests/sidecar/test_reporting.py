@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import gc
 import json
+import logging
 import os
 import shutil
 import signal
@@ -119,6 +120,23 @@ class TestHealthEndpoints:
                     break
                 await asyncio.sleep(0.05)
             assert orjson.loads(body) == {"ok": False, "redis": True, "group": True, "app": False}
+
+
+class TestLogs:
+    async def test_credentials_in_the_app_urls_never_reach_the_log(
+        self, redis_server: RedisServer, app: RecordingApp, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.INFO, logger="streamgroup")
+        secret = "app-S3cret"
+        down = f"http://ops:{secret}@127.0.0.1:{free_port()}/health"  # nothing listens: the probe fails
+        settings = settings_for(redis_server, app, app_url=app.url.replace("http://", f"http://ops:{secret}@"),
+                                app_health_url=down, app_health_interval="50ms")
+        async with running(settings) as sidecar:
+            await eventually(lambda: sidecar.health.app_up, False)
+            await eventually(lambda: any("did not answer 2xx" in str(r.__dict__) for r in caplog.records), True)
+        logged = " ".join(str(record.__dict__) for record in caplog.records)
+        assert "sidecar starting" in logged and "ops:***@" in logged
+        assert secret not in logged
 
 
 class TestTheReadyGauge:
