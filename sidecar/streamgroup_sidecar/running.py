@@ -97,6 +97,7 @@ class Sidecar:
         }})
         self._workers.start()
         background = [
+            asyncio.create_task(self._workers.watch(), name="workers"),
             asyncio.create_task(self._acker.run(), name="acker"),
             asyncio.create_task(self._stats.run(), name="stats"),
             asyncio.create_task(self._leases.run(), name="lease"),

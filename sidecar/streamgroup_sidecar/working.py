@@ -65,6 +65,19 @@ class Workers:
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._work(), name=f"worker-{i}") for i in range(self._count)]
 
+    async def watch(self) -> None:
+        """Raise what a worker died of; never return otherwise (cancel it).
+
+        A worker ends only at shutdown. One that dies of an unexpected error (a bug) would leave its
+        entries held and their leases renewed for ever, so no peer could take them over: the sidecar
+        stops instead, and its pending entries are delivered after the restart or by a peer.
+        """
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if not task.cancelled() and (error := task.exception()) is not None:
+                raise error
+        await asyncio.Event().wait()  # every worker ended cleanly: the shutdown is under way
+
     async def stop(self, timeout: float) -> int:
         """Let each worker finish the attempt in progress, within ``timeout``; retry timers end at once.
 

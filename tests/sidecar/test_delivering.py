@@ -11,7 +11,9 @@ import orjson
 import pytest
 from aiohttp import web
 
+from streamgroup_sidecar import working
 from streamgroup_sidecar.acking import Acker
+from streamgroup_sidecar.running import Sidecar
 from tests.sidecar.conftest import eventually, group_pending, running, settings_for, wait_for_pending_zero
 from tests.support.apps import Received, RecordingApp
 from tests.support.redis_server import RedisServer
@@ -330,6 +332,22 @@ class TestTheAppDecides:
         rows = client.xrange("orders:dead")
         assert [(f[b"sg:reason"], f[b"sg:deliveries"]) for _, f in rows] == [
             (b"max-deliveries (status-500)", b"4")] * 3
+
+
+class TestABrokenWorker:
+    async def test_a_worker_that_dies_of_a_bug_stops_the_sidecar_and_leaves_its_entries_pending(
+        self, redis_server: RedisServer, app: RecordingApp, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def broken(*_: object, **__: object) -> object:
+            raise RuntimeError("a bug in the reply contract")
+
+        monkeypatch.setattr(working, "decide", broken)
+        produce(redis_server, "orders", 3)
+        sidecar = Sidecar(settings_for(redis_server, app))
+        with pytest.raises(RuntimeError, match="a bug in the reply contract"):
+            await asyncio.wait_for(sidecar.run(asyncio.Event()), 30)
+        # Nothing was acknowledged: the entries wait, pending, for a restart or a peer to deliver them.
+        assert group_pending(redis_server.client(), "orders") == 3
 
 
 class TestRestart:
