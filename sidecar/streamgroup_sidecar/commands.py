@@ -201,14 +201,19 @@ async def read(
     names: dict[bytes, str],
 ) -> list[Entry]:
     """One XREADGROUP across streams. ``">"`` positions read new entries; IDs read our own pending list."""
+    reply = await client.execute_command(  # type: ignore[no-untyped-call]
+        *_xreadgroup(group, consumer, positions, count, block_ms))
+    return parse_read(reply, names)
+
+
+def _xreadgroup(group: str, consumer: str, positions: dict[str, str], count: int, block_ms: int | None) -> list[Any]:
     args: list[Any] = ["XREADGROUP", "GROUP", group, consumer, "COUNT", count]
     if block_ms is not None:
         args += ["BLOCK", block_ms]
     args.append("STREAMS")
     args.extend(positions.keys())
     args.extend(positions.values())
-    reply = await client.execute_command(*args)  # type: ignore[no-untyped-call]
-    return parse_read(reply, names)
+    return args
 
 
 async def read_slot(
@@ -228,13 +233,7 @@ async def read_slot(
     """
     await client.initialize()  # at once unless a failure made it drop its map of the slots
     node = client.get_node_from_key(next(iter(positions)))
-    args: list[Any] = ["XREADGROUP", "GROUP", group, consumer, "COUNT", count]
-    if block_ms is not None:
-        args += ["BLOCK", block_ms]
-    args.append("STREAMS")
-    args.extend(positions.keys())
-    args.extend(positions.values())
-    reply = await client.execute_command(*args, target_nodes=node)
+    reply = await client.execute_command(*_xreadgroup(group, consumer, positions, count, block_ms), target_nodes=node)
     return parse_read(reply, names)
 
 

@@ -175,6 +175,12 @@ class RedisCluster:
         self.wait_healthy(timeout)
         return self
 
+    def __enter__(self) -> RedisCluster:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.cleanup()
+
     def wait_healthy(self, timeout: float = 60.0) -> None:
         """Until every live node says the cluster is ok and every primary has a replica."""
         def healthy() -> bool:
@@ -364,6 +370,12 @@ class RedisSentinel:
             return True
         _wait(watched, timeout, "every sentinel seeing the replica and the other sentinels")
         return self
+
+    def __enter__(self) -> RedisSentinel:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.cleanup()
 
     def primary_port(self) -> int:
         for node in self.sentinels:

@@ -19,11 +19,8 @@ PARTITIONS = [f"orders:{{{n}}}" for n in range(6)]
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisCluster]:
-    server = RedisCluster().start()
-    try:
+    with RedisCluster() as server:
         yield server
-    finally:
-        server.cleanup()
 
 
 def run(*argv: str, stdin: str = "", env: dict[str, str] | None = None,

@@ -37,20 +37,14 @@ def standalone() -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisCluster]:
-    server = RedisCluster(password=PASSWORD).start()
-    try:
+    with RedisCluster(password=PASSWORD) as server:
         yield server
-    finally:
-        server.cleanup()
 
 
 @pytest.fixture(scope="module")
 def sentinel() -> Iterator[RedisSentinel]:
-    server = RedisSentinel(password=PASSWORD, sentinel_password=SENTINEL_PASSWORD).start()
-    try:
+    with RedisSentinel(password=PASSWORD, sentinel_password=SENTINEL_PASSWORD) as server:
         yield server
-    finally:
-        server.cleanup()
 
 
 def endpoint_for(topology: str, request: pytest.FixtureRequest, password: str = PASSWORD) -> Endpoint:

@@ -12,20 +12,14 @@ from tests.support.redis_topologies import RedisCluster, RedisSentinel
 
 @pytest.fixture
 def cluster() -> Iterator[RedisCluster]:
-    server = RedisCluster().start()
-    try:
+    with RedisCluster() as server:
         yield server
-    finally:
-        server.cleanup()
 
 
 @pytest.fixture
 def sentinel() -> Iterator[RedisSentinel]:
-    server = RedisSentinel(password="data-pw", sentinel_password="sentinel-pw").start()
-    try:
+    with RedisSentinel(password="data-pw", sentinel_password="sentinel-pw") as server:
         yield server
-    finally:
-        server.cleanup()
 
 
 class TestTheCluster:

@@ -25,7 +25,7 @@ from tests.sidecar.conftest import eventually, running, wait_for_pending_zero
 from tests.support.apps import RecordingApp
 from tests.support.redis_topologies import RedisCluster
 from tests.support.sidecar_process import SidecarProcess
-from tests.topologies.delivering import Counted, Tally, produce, refuse_poison
+from tests.topologies.delivering import Counted, Tally, produce
 
 PASSWORD = "data-pw"
 PARTITIONS = partition_keys("orders", 6)
@@ -39,20 +39,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def cluster() -> Iterator[RedisCluster]:
-    server = RedisCluster(password=PASSWORD).start()
-    try:
+    with RedisCluster(password=PASSWORD) as server:
         yield server
-    finally:
-        server.cleanup()
-
-
-@pytest.fixture
-async def app() -> AsyncIterator[RecordingApp]:
-    recording = await RecordingApp(refuse_poison).start()
-    try:
-        yield recording
-    finally:
-        await recording.stop()
 
 
 def sidecar_env(cluster: RedisCluster, app: RecordingApp, consumer: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ reads short (UNBLOCKED), the sidecar drops its connections, and the next ones re
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -17,7 +17,7 @@ from tests.sidecar.conftest import wait_for_pending_zero
 from tests.support.apps import RecordingApp
 from tests.support.redis_topologies import RedisSentinel
 from tests.support.sidecar_process import SidecarProcess
-from tests.topologies.delivering import Counted, Tally, produce, refuse_poison
+from tests.topologies.delivering import Counted, Tally, produce
 
 PASSWORD = "data-pw"
 SENTINEL_PASSWORD = "sentinel-pw"
@@ -30,20 +30,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def sentinel() -> Iterator[RedisSentinel]:
-    server = RedisSentinel(password=PASSWORD, sentinel_password=SENTINEL_PASSWORD).start()
-    try:
+    with RedisSentinel(password=PASSWORD, sentinel_password=SENTINEL_PASSWORD) as server:
         yield server
-    finally:
-        server.cleanup()
-
-
-@pytest.fixture
-async def app() -> AsyncIterator[RecordingApp]:
-    recording = await RecordingApp(refuse_poison).start()
-    try:
-        yield recording
-    finally:
-        await recording.stop()
 
 
 def primary_client(sentinel: RedisSentinel) -> redis.Redis:
