@@ -124,14 +124,20 @@ class Reader:
                 await asyncio.wait_for(health.wait_app_up(), 0.5)
 
     async def _read_new(self, positions: dict[str, str], block_ms: int) -> None:
+        await self._read_held(positions, block_ms, None)
+
+    async def _read_held(self, positions: dict[str, str], block_ms: int, most: int | None) -> bool:
+        """Reserve free slots (at most ``most``), read into them and hold what came; the slots a read does
+        not fill, or a failed read took, go back. ``True`` if it filled every slot it had."""
         tracker = self._tracker
-        slots = await tracker.reserve()
+        slots = await tracker.reserve(most)
         try:
             entries = await self._read(positions, slots, block_ms)
         except BaseException:
             tracker.unreserve(slots)
             raise
         tracker.hold(entries, slots)
+        return len(entries) == slots
 
     async def _read(self, ids: dict[str, str], slots: int, block_ms: int | None) -> list[Entry]:
         """One XREADGROUP whose reply can hold at most ``slots`` entries."""
@@ -182,15 +188,7 @@ class Reader:
     async def _read_lane(self, positions: dict[str, str], block_ms: int, more: bool) -> bool:
         """One blocking read of a slot group: every free slot if ``more`` may be waiting, else one.
         ``True`` if it filled every slot it had."""
-        tracker = self._tracker
-        slots = await tracker.reserve(None if more else 1)
-        try:
-            entries = await self._read(positions, slots, block_ms)
-        except BaseException:
-            tracker.unreserve(slots)
-            raise
-        tracker.hold(entries, slots)
-        return len(entries) == slots
+        return await self._read_held(positions, block_ms, None if more else 1)
 
     async def _sweeps(self) -> None:
         """A reclaim sweep every ``--claim-interval`` (the first at once), until the stop."""
