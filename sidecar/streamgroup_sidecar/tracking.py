@@ -162,17 +162,13 @@ class InFlight:
 
     async def take(self) -> Entry | None:
         """The next queued entry, now being delivered; ``None`` tells the worker to stop."""
-        entry = await self._ready.get()
-        if entry is None:
-            self._stops -= 1
-        else:
-            self._queued -= 1
-            self._delivering += 1
-        return entry
+        return self._taken(await self._ready.get())
 
     def take_nowait(self) -> Entry | None:
         """Like :meth:`take`, without waiting: :class:`asyncio.QueueEmpty` if nothing is queued."""
-        entry = self._ready.get_nowait()
+        return self._taken(self._ready.get_nowait())
+
+    def _taken(self, entry: Entry | None) -> Entry | None:
         if entry is None:
             self._stops -= 1
         else:
