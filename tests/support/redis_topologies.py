@@ -68,12 +68,36 @@ def _wait(check: Callable[[], Any], timeout: float, what: str) -> Any:
     raise TimeoutError(f"{what}: not within {timeout}s (last: {last!r})")
 
 
+def tls_server_args(tls: Path) -> list[str]:
+    """TLS only, clients must show a certificate of the test CA (``tls`` made by ``make_tls``); the
+    server's certificate also serves as its client certificate towards other nodes."""
+    return ["--tls-cert-file", str(tls / "server.crt"), "--tls-key-file", str(tls / "server.key"),
+            "--tls-ca-cert-file", str(tls / "ca.crt"), "--tls-auth-clients", "yes", "--tls-replication", "yes"]
+
+
+def tls_client_args(tls: Path | None) -> dict[str, Any]:
+    """redis-py's own TLS options for the fixtures' helper clients (the code under test uses the core's)."""
+    if tls is None:
+        return {}
+    return {"ssl": True, "ssl_ca_certs": str(tls / "ca.crt"), "ssl_certfile": str(tls / "client.crt"),
+            "ssl_keyfile": str(tls / "client.key"), "ssl_check_hostname": False}
+
+
+def tls_cli_args(tls: Path | None) -> list[str]:
+    if tls is None:
+        return []
+    return ["--tls", "--cacert", str(tls / "ca.crt"), "--cert", str(tls / "client.crt"),
+            "--key", str(tls / "client.key")]
+
+
 class _Node:
     """One redis-server process of a topology, with its own folder and log."""
 
-    def __init__(self, folder: Path, port: int, args: list[str], config: str | None = None) -> None:
+    def __init__(self, folder: Path, port: int, args: list[str], config: str | None = None,
+                 tls: Path | None = None) -> None:
         self.folder = folder
         self.port = port
+        self.tls = tls
         folder.mkdir(parents=True, exist_ok=True)
         binary = shutil.which("redis-server")
         if binary is None:
@@ -82,7 +106,8 @@ class _Node:
         if config is not None:
             (folder / "redis.conf").write_text(config)
             command.append(str(folder / "redis.conf"))
-        self.command = [*command, *args, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+        listen = ["--port", "0", "--tls-port", str(port), *tls_server_args(tls)] if tls else ["--port", str(port)]
+        self.command = [*command, *args, *listen, "--bind", "127.0.0.1", "--dir", str(folder),
                         "--logfile", str(folder / "redis.log"), "--daemonize", "no"]
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -106,7 +131,7 @@ class _Node:
 
     def client(self, **kwargs: Any) -> redis.Redis:
         kwargs.setdefault("password", self.password)
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, **kwargs)
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, **tls_client_args(self.tls), **kwargs)
 
     def log(self) -> str:
         path = self.folder / "redis.log"
@@ -135,15 +160,15 @@ class ClusterNode(_Node):
 class RedisCluster:
     """Three primaries and three replicas, ``cluster-node-timeout`` short so failovers take seconds."""
 
-    def __init__(self, node_timeout_ms: int = 1000, password: str | None = None) -> None:
+    def __init__(self, node_timeout_ms: int = 1000, password: str | None = None, tls: Path | None = None) -> None:
+        """``tls``: a folder made by ``make_tls``; then every node, the cluster bus and replication speak TLS only."""
         self.dir = Path(tempfile.mkdtemp(prefix="sg-cluster-"))
         self.ports = cluster_ports(6)
         self.password = password
+        self.tls = tls
         auth = ["--requirepass", password, "--masterauth", password] if password else []
-        self.nodes = [
-            _Node(self.dir / str(port), port, _cluster_args(node_timeout_ms, auth))
-            for port in self.ports
-        ]
+        args = _cluster_args(node_timeout_ms, auth) + (["--tls-cluster", "yes"] if tls else [])
+        self.nodes = [_Node(self.dir / str(port), port, args, tls=tls) for port in self.ports]
         for node in self.nodes:
             node.password = password
 
@@ -167,7 +192,7 @@ class RedisCluster:
             _wait(lambda node=node: node.client().ping(), 10, f"node {node.port} answering")
         created = subprocess.run(
             ["redis-cli", *(["-a", self.password, "--no-auth-warning"] if self.password else []),
-             "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
+             *tls_cli_args(self.tls), "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
              "--cluster-replicas", "1", "--cluster-yes"],
             capture_output=True, text=True, timeout=120)
         if created.returncode != 0:
@@ -252,7 +277,7 @@ class RedisCluster:
 
     def client(self) -> redis.RedisCluster:
         return redis.RedisCluster(host="127.0.0.1", port=self._live_node().port, socket_timeout=5,
-                                  password=self.password)
+                                  password=self.password, **tls_client_args(self.tls))
 
     def node_id(self, port: int) -> str:
         reply = self.node(port).client().execute_command("CLUSTER", "MYID")
@@ -308,16 +333,17 @@ class RedisSentinel:
     """A primary, one replica and three sentinels watching them as ``master_name``."""
 
     def __init__(self, master_name: str = "sg-primary", down_after_ms: int = 1000,
-                 password: str | None = None, sentinel_password: str | None = None) -> None:
+                 password: str | None = None, sentinel_password: str | None = None, tls: Path | None = None) -> None:
+        """``tls``: a folder made by ``make_tls``; then the data nodes, the sentinels and replication speak TLS only."""
         self.dir = Path(tempfile.mkdtemp(prefix="sg-sentinel-"))
         self.master_name = master_name
         self.password = password
         self.sentinel_password = sentinel_password
         ports = cluster_ports(5)
         auth = ["--requirepass", password, "--masterauth", password] if password else []
-        self.primary = _Node(self.dir / "primary", ports[0], ["--save", "", "--appendonly", "no", *auth])
+        self.primary = _Node(self.dir / "primary", ports[0], ["--save", "", "--appendonly", "no", *auth], tls=tls)
         self.replica = _Node(self.dir / "replica", ports[1], ["--save", "", "--appendonly", "no", *auth,
-                                                              "--replicaof", "127.0.0.1", str(ports[0])])
+                                                              "--replicaof", "127.0.0.1", str(ports[0])], tls=tls)
         config = "\n".join([
             f"sentinel monitor {master_name} 127.0.0.1 {ports[0]} 2",
             f"sentinel down-after-milliseconds {master_name} {down_after_ms}",
@@ -327,7 +353,7 @@ class RedisSentinel:
             *([f"requirepass {sentinel_password}"] if sentinel_password else []),
             "sentinel resolve-hostnames no",
         ]) + "\n"
-        self.sentinels = [_Node(self.dir / f"sentinel-{port}", port, ["--sentinel"], config=config)
+        self.sentinels = [_Node(self.dir / f"sentinel-{port}", port, ["--sentinel"], config=config, tls=tls)
                           for port in ports[2:]]
 
     @property

@@ -3,7 +3,9 @@ blocking client, on a real standalone server, a six-node cluster and a Sentinel-
 
 What each case relies on: a client built from an :class:`Endpoint` reads and writes streams
 wherever their keys live, logs in with the data nodes' credentials (and, in sentinel mode, with
-the sentinels' own), refuses wrong ones, and follows the primary when it moves.
+the sentinels' own), refuses wrong ones, and follows the primary when it moves. The cluster and
+the sentinels run once more with TLS only (mutual, the cluster bus and replication too): the
+same client certificate, CA and server name reach every node the client discovers.
 """
 
 from __future__ import annotations
@@ -11,14 +13,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.exceptions import RedisClusterException, RedisError
 
 from streamgroup_core.addresses import check_url, split_url
-from streamgroup_core.connecting import Endpoint, Sentinels, async_client, sync_client
-from tests.support.redis_server import RedisServer
+from streamgroup_core.connecting import Endpoint, Pem, Sentinels, Tls, async_client, sync_client
+from tests.support.redis_server import RedisServer, make_tls
 from tests.support.redis_topologies import RedisCluster, RedisSentinel
 
 PASSWORD = "data-pw"
@@ -47,15 +50,43 @@ def sentinel() -> Iterator[RedisSentinel]:
         yield server
 
 
+SERVER_NAME = "redis.test"
+"""The only name on the servers' certificate: every connection must send and check it, not 127.0.0.1."""
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tls(tmp_path_factory.mktemp("tls"), SERVER_NAME)
+
+
+@pytest.fixture(scope="module")
+def cluster_tls(certificates: Path) -> Iterator[RedisCluster]:
+    with RedisCluster(password=PASSWORD, tls=certificates) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def sentinel_tls(certificates: Path) -> Iterator[RedisSentinel]:
+    with RedisSentinel(password=PASSWORD, sentinel_password=SENTINEL_PASSWORD, tls=certificates) as server:
+        yield server
+
+
+def client_tls(folder: Path) -> Tls:
+    return Tls(ca=Pem(path=str(folder / "ca.crt")), cert=Pem(path=str(folder / "client.crt")),
+               key=Pem(path=str(folder / "client.key")), server_name=SERVER_NAME)
+
+
 def endpoint_for(topology: str, request: pytest.FixtureRequest, password: str = PASSWORD) -> Endpoint:
     if topology == "standalone":
         server: Any = request.getfixturevalue("standalone")
         return Endpoint(f"redis://127.0.0.1:{server.port}/0", password=password)
-    if topology == "cluster":
-        server = request.getfixturevalue("cluster")
-        return Endpoint(f"redis://{server.seeds}", password=password, mode="cluster")
-    server = request.getfixturevalue("sentinel")
-    return Endpoint(f"redis://{server.sentinel_addresses}", password=password, mode="sentinel",
+    secure = topology.endswith("-tls")
+    scheme, tls = ("rediss", client_tls(request.getfixturevalue("certificates"))) if secure else ("redis", Tls())
+    if topology.startswith("cluster"):
+        server = request.getfixturevalue(topology.replace("-", "_"))
+        return Endpoint(f"{scheme}://{server.seeds}", password=password, mode="cluster", tls=tls)
+    server = request.getfixturevalue(topology.replace("-", "_"))
+    return Endpoint(f"{scheme}://{server.sentinel_addresses}", password=password, mode="sentinel", tls=tls,
                     sentinels=Sentinels(server.master_name, password=SENTINEL_PASSWORD))
 
 
@@ -101,7 +132,7 @@ def flavour(request: pytest.FixtureRequest) -> tuple[Use, Callable[[Any], Any]]:
     return use_sync, _roundtrip_sync
 
 
-@pytest.mark.parametrize("topology", ["standalone", "cluster", "sentinel"])
+@pytest.mark.parametrize("topology", ["standalone", "cluster", "sentinel", "cluster-tls", "sentinel-tls"])
 class TestEveryTopology:
     def test_streams_are_written_and_read_wherever_their_keys_live(
         self, topology: str, request: pytest.FixtureRequest, flavour: tuple[Use, Callable[[Any], Any]]
@@ -121,6 +152,31 @@ class TestEveryTopology:
         with pytest.raises((RedisError, RedisClusterException)) as caught:
             use(endpoint_for(topology, request, password="wrong-pw"), roundtrip)
         assert "wrong-pw" not in str(caught.value)
+
+
+@pytest.mark.parametrize("topology", ["cluster-tls", "sentinel-tls"])
+class TestTlsTopologies:
+    def test_a_server_certificate_for_another_name_is_refused(
+        self, topology: str, request: pytest.FixtureRequest, flavour: tuple[Use, Callable[[Any], Any]]
+    ) -> None:
+        use, roundtrip = flavour
+        endpoint = endpoint_for(topology, request)
+        wrong = Endpoint(endpoint.url, password=PASSWORD, mode=endpoint.mode, sentinels=endpoint.sentinels,
+                         tls=Tls(ca=endpoint.tls.ca, cert=endpoint.tls.cert, key=endpoint.tls.key,
+                                 server_name="elsewhere.test"))
+        with pytest.raises((RedisError, RedisClusterException, OSError)) as caught:
+            use(wrong, roundtrip)
+        assert "certificate" in str(caught.value).lower() or "ssl" in str(caught.value).lower(), caught.value
+
+    def test_a_client_without_tls_gets_no_reply(
+        self, topology: str, request: pytest.FixtureRequest, flavour: tuple[Use, Callable[[Any], Any]]
+    ) -> None:
+        use, roundtrip = flavour
+        endpoint = endpoint_for(topology, request)
+        plain = Endpoint(endpoint.url.replace("rediss://", "redis://"), password=PASSWORD, mode=endpoint.mode,
+                         sentinels=endpoint.sentinels)
+        with pytest.raises((RedisError, RedisClusterException, OSError)):
+            use(plain, roundtrip)
 
 
 class TestSentinelMode:

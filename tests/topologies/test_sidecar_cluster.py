@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -23,6 +24,7 @@ from streamgroup_sidecar.config import parse_settings
 from streamgroup_sidecar.reading import slot_groups
 from tests.sidecar.conftest import eventually, running, wait_for_pending_zero
 from tests.support.apps import RecordingApp
+from tests.support.redis_server import make_tls
 from tests.support.redis_topologies import RedisCluster
 from tests.support.sidecar_process import SidecarProcess
 from tests.topologies.delivering import Counted, Tally, produce
@@ -230,3 +232,32 @@ class TestFaults:
         print(f"\nslot {slot} ({keys} keys) moved {source} -> {target} after {moved_at} of {TOTAL} deliveries; "
               f"all {len(delivered)} counted entries of {moving} delivered")
         assert moved_at < len(counted.good)
+
+
+class TestTls:
+    async def test_a_sidecar_delivers_from_a_cluster_that_speaks_only_tls(
+        self, tmp_path: Path, app: RecordingApp
+    ) -> None:
+        certificates = make_tls(tmp_path / "tls", "redis.test")
+        with RedisCluster(password=PASSWORD, tls=certificates) as cluster:
+            counted = Counted()
+            await produce_async(cluster, range(600), counted)
+            env = {**sidecar_env(cluster, app, "a"), "SG_REDIS_URL": f"rediss://{cluster.seeds}",
+                   # The certificate names redis.test only: every node the sidecar discovers is checked against it.
+                   "SG_REDIS_TLS_SERVER_NAME": "redis.test", "SG_REDIS_TLS_CA_FILE": str(certificates / "ca.crt"),
+                   "SG_REDIS_TLS_CERT_FILE": str(certificates / "client.crt"),
+                   "SG_REDIS_TLS_KEY_FILE": str(certificates / "client.key")}
+            sidecar = SidecarProcess(env)
+            try:
+                sidecar.start()
+                await asyncio.to_thread(sidecar.wait_ready, 60)
+                await assert_all_settled(cluster, app, Tally(app), counted)
+                assert "Traceback" not in sidecar.logs()
+            except BaseException:
+                print(sidecar.logs()[-6000:])
+                raise
+            finally:
+                sidecar.terminate()
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(sidecar.wait, 15)
+                sidecar.cleanup()
