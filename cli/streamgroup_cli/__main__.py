@@ -238,10 +238,9 @@ def _dead_letters(args: argparse.Namespace, client: redis.Redis, target: targeti
         result = dead_lettering.redrive(client, dlq, None if args.all else args.ids, args.to)
         print(dead_lettering.describe_redrive(dlq, result), file=out)
     elif args.action == "purge":
-        deleted, absent = dead_lettering.purge(client, dlq, ids=args.ids, everything=args.all,
-                                               older_than_seconds=args.older_than, yes=args.yes)
-        note = f" ({len(absent)} of the given IDs were not there: {', '.join(absent)})" if absent else ""
-        print(f"deleted {deleted} dead letter{'s' if deleted != 1 else ''} from {dlq}{note}", file=out)
+        purged = dead_lettering.purge(client, dlq, ids=args.ids, everything=args.all,
+                                      older_than_seconds=args.older_than, yes=args.yes)
+        print(dead_lettering.describe_purge(dlq, purged), file=out)
 
 
 def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:

@@ -267,6 +267,15 @@ def describe_redrive(dlq: str, result: Redriven) -> str:
 # -- purge --------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Purged:
+    deleted: int
+    absent: list[str] = field(default_factory=list)
+    """Given IDs (``--ids``) that were not in the dead-letter stream."""
+    nothing: str | None = None
+    """Why there was nothing to purge (no dead letters, none matching); ``None`` when some were selected."""
+
+
 def purge(
     client: redis.Redis,
     dlq: str,
@@ -276,35 +285,52 @@ def purge(
     older_than_seconds: float | None = None,
     yes: bool = False,
     now: float | None = None,
-) -> tuple[int, list[str]]:
+) -> Purged:
     """Delete dead letters for good: how many went, and which of the given ``ids`` were not there.
 
-    Without ``yes`` nothing is deleted: a CLIError says how many would go.
+    Without ``yes`` nothing is deleted: a CLIError says how many would go. Nothing to purge (no
+    dead-letter stream yet, an empty one, nothing matching) is not an error, with or without ``yes``:
+    the wanted state, none of those dead letters left, already holds.
     """
-    require_stream(client, dlq)
+    given = _normal_ids(ids) if ids is not None else None
+    if given is None and not everything and older_than_seconds is None:
+        raise CLIError("say which dead letters to purge: --ids, --all or --older-than")
+    # A stream that never received a dead letter does not exist: that is the same as an empty one.
+    if not is_stream(client, dlq) or not client.xlen(dlq):
+        return Purged(0, given or [], f"{dlq} has no dead letters")
     absent: list[str] = []
-    if ids is not None:
-        given = _normal_ids(ids)
+    if given is not None:
         chosen = [entry_id for entry_id in given if entry(client, dlq, entry_id) is not None]
         absent = [entry_id for entry_id in given if entry_id not in chosen]
+        if not chosen:
+            return Purged(0, absent, f"none of the given IDs are in {dlq}: {', '.join(absent)}")
         what = f"{len(chosen)} dead letter{'s' if len(chosen) != 1 else ''}" + (
             f" ({len(absent)} of the given IDs are not there)" if absent else "")
     elif everything:
         newest = last_id(client, dlq)
         what = f"all {client.xlen(dlq)} dead letters"
-    elif older_than_seconds is not None:
+    else:
+        assert older_than_seconds is not None
         cutoff_ms = max(0, int(((time.time() if now is None else now) - older_than_seconds) * 1000))
         cutoff = format_id(cutoff_ms, 0)
         older = count(client, dlq, "-", "(" + cutoff, limit=2**62)
+        if not older:
+            return Purged(0, [], f"{dlq} has no dead letters written before {iso_ms(cutoff_ms)}")
         what = f"{older} dead letters written before {iso_ms(cutoff_ms)}"
-    else:
-        raise CLIError("say which dead letters to purge: --ids, --all or --older-than")
     if not yes:
         raise CLIError(f"purge would delete {what} from {dlq} for good; add --yes to do it")
-    if ids is not None:
-        return (int(client.xdel(dlq, *chosen)) if chosen else 0), absent  # type: ignore[arg-type]
+    if given is not None:
+        return Purged(int(client.xdel(dlq, *chosen)), absent)  # type: ignore[arg-type]
     if everything:
         if newest is None:
-            return 0, absent
-        return int(client.xtrim(dlq, minid=next_id(newest), approximate=False)), absent  # type: ignore[arg-type]
-    return int(client.xtrim(dlq, minid=cutoff, approximate=False)), absent  # type: ignore[arg-type]
+            return Purged(0, [], f"{dlq} has no dead letters")
+        return Purged(int(client.xtrim(dlq, minid=next_id(newest), approximate=False)))  # type: ignore[arg-type]
+    return Purged(int(client.xtrim(dlq, minid=cutoff, approximate=False)))  # type: ignore[arg-type]
+
+
+def describe_purge(dlq: str, result: Purged) -> str:
+    if result.nothing is not None:
+        return f"nothing to purge: {result.nothing}"
+    note = (f" ({len(result.absent)} of the given IDs were not there: {', '.join(result.absent)})"
+            if result.absent else "")
+    return f"deleted {result.deleted} dead letter{'s' if result.deleted != 1 else ''} from {dlq}{note}"

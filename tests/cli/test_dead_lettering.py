@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import orjson
+import pytest
 import redis
 
 from tests.cli.conftest import Run, dead_letter_at, raw_fields, sidecar_dead_letters
@@ -178,5 +179,52 @@ class TestPurging:
         client = redis_server.client()
         orders(client)
         result = cli("dead-letters", "purge", "orders", "--all", "--yes")
-        assert result.code == 1 and "'orders:dead' does not exist" in result.err
-        assert client.xlen("orders") == 3
+        assert (result.code, result.out) == (0, "nothing to purge: orders:dead has no dead letters\n")
+        assert client.xlen("orders") == 3 and not client.exists("orders:dead")
+
+
+class TestNothingToPurge:
+    """Nothing to purge is the wanted state already: exit 0 and say so, with or without --yes."""
+
+    @pytest.mark.parametrize("yes", [[], ["--yes"]], ids=["without-yes", "with-yes"])
+    def test_purge_all_of_a_dead_letter_stream_that_was_never_written_succeeds(
+        self, redis_server: RedisServer, cli: Run, yes: list[str]
+    ) -> None:
+        result = cli("dead-letters", "purge", "orders:dead", "--all", *yes)
+        assert (result.code, result.out, result.err) == (0, "nothing to purge: orders:dead has no dead letters\n", "")
+        assert not redis_server.client().exists("orders:dead")
+
+    @pytest.mark.parametrize("yes", [[], ["--yes"]], ids=["without-yes", "with-yes"])
+    def test_purge_all_of_an_emptied_dead_letter_stream_succeeds(self, redis_server: RedisServer, cli: Run,
+                                                                 yes: list[str]) -> None:
+        client = redis_server.client()
+        orders(client)
+        sidecar_dead_letters(redis_server, "orders", ["1000-0"])
+        assert cli("dead-letters", "purge", "orders", "--all", "--yes").code == 0
+        assert client.exists("orders:dead") and client.xlen("orders:dead") == 0
+        result = cli("dead-letters", "purge", "orders", "--all", *yes)
+        assert (result.code, result.out, result.err) == (0, "nothing to purge: orders:dead has no dead letters\n", "")
+
+    def test_purge_older_than_with_none_that_old_succeeds(self, redis_server: RedisServer, cli: Run) -> None:
+        client = redis_server.client()
+        now = int(time.time() * 1000)
+        dead_letter_at(client, "orders:dead", f"{now - DAY_MS}-0", "orders", "1-0", {"n": "1"})
+        result = cli("dead-letters", "purge", "orders:dead", "--older-than", "7d")
+        assert result.code == 0
+        assert result.out.startswith("nothing to purge: orders:dead has no dead letters written before 20")
+        assert client.xlen("orders:dead") == 1
+
+    def test_purge_ids_none_of_which_are_there_succeeds_and_names_them(self, redis_server: RedisServer,
+                                                                      cli: Run) -> None:
+        client = redis_server.client()
+        orders(client)
+        sidecar_dead_letters(redis_server, "orders", ["1000-0"])
+        result = cli("dead-letters", "purge", "orders:dead", "--ids", "5-5", "6-6")
+        assert result.code == 0
+        assert result.out == "nothing to purge: none of the given IDs are in orders:dead: 5-5, 6-6\n"
+        assert client.xlen("orders:dead") == 1
+
+    def test_a_key_of_another_type_is_still_refused(self, redis_server: RedisServer, cli: Run) -> None:
+        redis_server.client().set("orders:dead", "x")
+        result = cli("dead-letters", "purge", "orders:dead", "--all", "--yes")
+        assert (result.code, result.err) == (1, "streamgroup: 'orders:dead' is a string, not a stream\n")
