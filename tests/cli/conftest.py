@@ -54,13 +54,16 @@ def sidecar_dead_letters(
     server: RedisServer,
     stream: str,
     ids: Sequence[str],
-    reason: str = "status",
-    detail: str = "HTTP 500",
+    reason: str = "status-422",
+    detail: str = "last attempt: status-422",
     deliveries: int = 5,
     group: str = "workers",
     without_payload: bool = False,
 ) -> None:
-    """Dead-letter the given entries with the sidecar's own code (XACK + XADD to ``<stream>:dead``, one script)."""
+    """Dead-letter the given entries with the sidecar's own code (XACK + XADD to ``<stream>:dead``, one script).
+
+    The default reason and detail are what the sidecar writes when the app answers 422.
+    """
     client = reading.prepare(server.client())
     try:
         client.xgroup_create(stream, group, id="0")
@@ -86,9 +89,9 @@ def sidecar_dead_letters(
 
 
 def dead_letter_at(client: redis.Redis, dlq: str, dead_id: str, stream: str, original_id: str,
-                   fields: dict[str, str], reason: str = "status") -> None:
+                   fields: dict[str, str], reason: str = "max-deliveries (status-500)") -> None:
     """A dead letter with a chosen ID (hence a chosen age), laid out by the core's function the sidecar uses."""
     flat = dead_letter_fields(stream, original_id, [(k.encode(), v.encode()) for k, v in fields.items()],
-                              group="workers", consumer="pod-a", deliveries=3, reason=reason, detail="HTTP 500",
-                              time_ms=int(time.time() * 1000))
+                              group="workers", consumer="pod-a", deliveries=3, reason=reason,
+                              detail="last attempt: status-500", time_ms=int(time.time() * 1000))
     client.execute_command("XADD", dlq, dead_id, *flat)  # type: ignore[no-untyped-call]

@@ -29,13 +29,14 @@ class TestListing:
     ) -> None:
         client = redis_server.client()
         orders(client)
-        sidecar_dead_letters(redis_server, "orders", ["2000-0"], reason="status", detail="HTTP 422", deliveries=4)
+        sidecar_dead_letters(redis_server, "orders", ["2000-0"], reason="status-422",
+                             detail="last attempt: status-422", deliveries=4)
         result = cli("dead-letters", "list", "orders:dead", "--output", "json")
         assert result.code == 0
         [letter] = [orjson.loads(line) for line in result.out.splitlines()]
         assert letter["id"] == dead_ids(client)[0]
         expected = {"stream": "orders", "original_id": "2000-0", "group": "workers", "consumer": "pod-a",
-                    "deliveries": 4, "reason": "status", "detail": "HTTP 422"}
+                    "deliveries": 4, "reason": "status-422", "detail": "last attempt: status-422"}
         assert {key: letter[key] for key in expected} == expected
         assert letter["time"].endswith("Z")
         assert letter["fields"] == {"order": "2", "blob": {"base64": "/wI="}}
@@ -48,8 +49,8 @@ class TestListing:
         lines = result.out.splitlines()
         assert lines[0] == "orders:dead: 2 dead letters"
         assert lines[1].split()[:4] == ["ID", "STREAM", "ORIGINAL", "ID"]
-        assert [line.split()[1:5] for line in lines[2:]] == [["orders", "1000-0", "5", "status"],
-                                                            ["orders", "3000-0", "5", "status"]]
+        assert [line.split()[1:5] for line in lines[2:]] == [["orders", "1000-0", "5", "status-422"],
+                                                            ["orders", "3000-0", "5", "status-422"]]
 
     def test_count_limits_the_listing_and_says_how_many_more_there_are(self, redis_server: RedisServer,
                                                                        cli: Run) -> None:
