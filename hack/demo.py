@@ -104,14 +104,21 @@ def main() -> None:
         if delivered < total:
             raise SystemExit("demo: some entries were not delivered")
     finally:
+        # One at a time, last started first: the sidecar flushes its acks and leaves the group while
+        # Redis and the app are still up (stopped together, it warns that it could not hand over).
         for process in reversed(processes):
             process.send_signal(signal.SIGTERM)
-        for process in processes:
             try:
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()
         print(f"demo: stopped everything; logs are in {workdir}")
+        sidecar_log = workdir / "sidecar.log"
+        troubles = [line for line in (sidecar_log.read_text(errors="replace") if sidecar_log.exists() else "")
+                    .splitlines() if '"level":"warning"' in line or '"level":"error"' in line]
+        if troubles:
+            print("demo: the sidecar logged warnings or errors:", *troubles, sep="\n  ")
 
 
 if __name__ == "__main__":
