@@ -16,6 +16,7 @@ exceptions mean "Redis failed" in every mode.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -88,7 +89,13 @@ def endpoint(settings: RedisSettings) -> Endpoint:
                     mode=settings.mode, sentinels=sentinels)
 
 
-def connect(settings: RedisSettings, socket_timeout: float) -> aioredis.Redis:
+def client_name(group: str, consumer: str) -> str:
+    """The name every connection of a sidecar gives itself (CLIENT SETNAME), so that ``CLIENT LIST``
+    on any node tells whose connections these are; characters Redis refuses in a name become ``_``."""
+    return re.sub(r"[^!-~]", "_", f"streamgroup-sidecar:{group}:{consumer}")
+
+
+def connect(settings: RedisSettings, socket_timeout: float, name: str | None = None) -> aioredis.Redis:
     """A client for ``settings``; secrets stay inside the client, never in its repr or logs."""
     cluster: dict[str, Any] = {}
     if settings.mode == "cluster":
@@ -96,7 +103,7 @@ def connect(settings: RedisSettings, socket_timeout: float) -> aioredis.Redis:
         # it close every connection and rediscover the cluster, which cuts every other blocking read short.
         cluster["reinitialize_steps"] = 0
     made = async_client(endpoint(settings), socket_timeout=socket_timeout, socket_keepalive=True,
-                        health_check_interval=15, **cluster)
+                        health_check_interval=15, client_name=name, **cluster)
     if settings.mode == "cluster":
         _fail_writes_on_closed_connections(made)
     client: aioredis.Redis = made

@@ -13,6 +13,7 @@ stream in another slot than its source.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Iterable
@@ -62,6 +63,13 @@ def dead_letter_keys(template: str, streams: Iterable[str], mode: str) -> dict[s
     return keys
 
 
+WRITERS = 4
+"""Dead letters written at once. Each takes a Redis connection while it runs: without a bound, an app
+refusing everything would open a connection per worker on every node (64 at the default in-flight
+limit); four keep up with any refusal rate an app reaches (one script call each, well under a
+millisecond), and the connections per node stay a fixed number (README, "Redis topologies")."""
+
+
 class DeadLetters:
     def __init__(self, settings: Settings, redis: aioredis.Redis, health: Health, metrics: Metrics,
                  stop: Stop) -> None:
@@ -75,6 +83,7 @@ class DeadLetters:
         self._stop = stop
         self._rng = random.Random()
         self._trimmed_incident = Incident(logger, "recording trimmed entries")
+        self._writers = asyncio.Semaphore(WRITERS)
 
     async def write(self, entry: Entry, reason: str, detail: str) -> None:
         """Move ``entry`` to the dead-letter stream (XACK and XADD in one step), retrying until done or stopped."""
@@ -83,8 +92,9 @@ class DeadLetters:
         incident = Incident(logger, "writing a dead letter")
         while True:
             try:
-                moved = await commands.dead_letter(
-                    self._redis, entry, target, self._group, self._consumer, reason, detail)
+                async with self._writers:
+                    moved = await commands.dead_letter(
+                        self._redis, entry, target, self._group, self._consumer, reason, detail)
             except commands.REDIS_FAILURES as exc:
                 failures += 1
                 self._health.redis_failed("dead_letter", incident, exc)

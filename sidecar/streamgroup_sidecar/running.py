@@ -62,7 +62,9 @@ class Sidecar:
         for stream in settings.group.streams:
             metrics.stream(stream)  # every stream's series exist from the start, at zero
         delivery = settings.delivery
-        self._redis = redis = commands.connect(settings.redis, socket_timeout=settings.read.block + 10.0)
+        self._redis = redis = commands.connect(settings.redis, socket_timeout=settings.read.block + 10.0,
+                                               name=commands.client_name(settings.group.group,
+                                                                         settings.group.consumer))
         self._stop = stop = Stop()
         self.health = health = Health(metrics, redis, cluster=settings.redis.mode == "cluster")
         self._tracker = tracker = InFlight(delivery.max_in_flight, settings.group.streams, delivery.ordering_field)

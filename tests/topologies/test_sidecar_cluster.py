@@ -36,6 +36,10 @@ STREAMS = [*PARTITIONS, UNTAGGED]
 TOTAL = 6000
 POISON_EVERY = 500
 
+FIXED_CONNECTIONS = 8
+"""Per primary, beyond one per lane: the acker, the lease keeper, the stats, the reclaim sweep and four
+dead-letter writers (README, "Redis topologies")."""
+
 pytestmark = pytest.mark.slow
 
 
@@ -261,3 +265,42 @@ class TestTls:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(sidecar.wait, 15)
                 sidecar.cleanup()
+
+
+class TestConnections:
+    async def test_each_primary_holds_at_most_its_lanes_plus_the_fixed_units_even_in_a_poison_storm(
+        self, cluster: RedisCluster, app: RecordingApp
+    ) -> None:
+        counted = Counted()
+        # Every entry poison: every worker wants to write a dead letter at once.
+        await asyncio.to_thread(produce, lambda s: primary_client(cluster, s), STREAMS, range(700), counted, 1)
+        assert len(counted.poison) == 700
+        env = {**sidecar_env(cluster, app, "storm"), "SG_MAX_IN_FLIGHT": "64"}
+        sidecar = SidecarProcess(env)
+        try:
+            sidecar.start()
+            await asyncio.to_thread(sidecar.wait_ready, 60)
+            client = cluster.client()
+            try:
+                await wait_for_pending_zero(client, STREAMS, timeout=120)
+            finally:
+                client.close()
+            assert counted.poison <= dead_letters(cluster)
+            lanes: dict[int, int] = {}
+            for group in slot_groups(tuple(STREAMS)):
+                port = cluster.primary_of(group[0]).port
+                lanes[port] = lanes.get(port, 0) + 1
+            for port, owned in lanes.items():
+                named = [line for line in cluster.node(port).client().client_list()
+                         if line["name"] == "streamgroup-sidecar:workers:storm"]
+                # Connections stay in the pool once opened: their number is the peak of concurrent calls.
+                print(f"\nprimary {port}: {owned} lanes, {len(named)} connections")
+                assert 1 <= len(named) <= owned + FIXED_CONNECTIONS, (port, owned, len(named))
+        except BaseException:
+            print(sidecar.logs()[-6000:])
+            raise
+        finally:
+            sidecar.terminate()
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(sidecar.wait, 15)
+            sidecar.cleanup()
