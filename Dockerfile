@@ -2,7 +2,7 @@
 # Build stage: resolve and install into a venv. Runtime stage: the venv only, non-root.
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY core core
 COPY sidecar sidecar
 COPY operator operator
@@ -12,6 +12,9 @@ RUN python -m venv /opt/streamgroup \
  && /opt/streamgroup/bin/pip install --no-cache-dir '.[operator]'
 
 FROM python:3.11-slim-bookworm
+LABEL org.opencontainers.image.title="streamgroup" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# The license text is in the venv, with the package's metadata (streamgroup-*.dist-info/licenses/LICENSE).
 COPY --from=build /opt/streamgroup /opt/streamgroup
 ENV PATH=/opt/streamgroup/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

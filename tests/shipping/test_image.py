@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,22 @@ class TestDockerfile:
         imports = subprocess.run([bin_dir / "python", "-c", "import kopf, kubernetes, hiredis, streamgroup_operator"],
                                  capture_output=True, text=True, timeout=60)
         assert imports.returncode == 0, imports.stderr
+        [dist_info] = venv.glob("lib/python*/site-packages/streamgroup-*.dist-info")
+        metadata = (dist_info / "METADATA").read_text()
+        assert "License-Expression: Apache-2.0" in metadata.splitlines() and "License-File: LICENSE" in metadata
+        assert (dist_info / "licenses" / "LICENSE").read_text() == (REPO / "LICENSE").read_text()
+
+
+class TestLicense:
+    def test_the_license_file_is_the_apache_license_pyproject_declares(self) -> None:
+        project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+        assert (project["license"], project["license-files"]) == ("Apache-2.0", ["LICENSE"])
+        text = (REPO / "LICENSE").read_text()
+        assert text.split()[:4] == ["Apache", "License", "Version", "2.0,"]
+        assert "END OF TERMS AND CONDITIONS" in text and "http://www.apache.org/licenses/LICENSE-2.0" in text
+
+    def test_the_image_builds_with_the_license_and_is_labelled_with_it(self) -> None:
+        build, runtime = stages()
+        copied = {source for line in build.splitlines() if line.startswith("COPY ") for source in line.split()[1:-1]}
+        assert "LICENSE" in copied, "the build stage needs it: the package metadata names it"
+        assert 'org.opencontainers.image.licenses="Apache-2.0"' in runtime
