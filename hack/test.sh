@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets everything up and runs the whole test suite: lint, types, then pytest against real
 # redis-server instances and, for the operator and the chart, a real kube-apiserver + etcd built
-# from their Go modules by hack/control-plane/build.sh (a few minutes the first time, cached after).
+# from their Go modules by hack/control-plane/build.sh (about 9 minutes on two cores the first time,
+# cached after).
 # Extra arguments go to pytest, e.g. `bash hack/test.sh -k delivering -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."

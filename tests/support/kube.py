@@ -72,7 +72,8 @@ def find_binaries(directory: Path | None = None, names: Sequence[str] = BINARIES
     if missing:
         raise BinariesMissing(
             f"control-plane binaries missing from {directory}: {', '.join(missing)}. "
-            f"Build them with `bash {BUILD_SCRIPT.relative_to(REPO_ROOT)}` (needs Go; a few minutes cold), "
+            f"Build them with `bash {BUILD_SCRIPT.relative_to(REPO_ROOT)}` "
+            "(needs Go; about 9 minutes cold on two cores), "
             "or point STREAMGROUP_BIN_DIR at a directory that has them."
         )
     return found
