@@ -1,7 +1,8 @@
-"""Structured logs: one JSON object per line on stderr.
+"""Structured logs on stderr: one JSON object per line, or one readable text line.
 
 Extra context is passed with ``logger.info("msg", extra={"sg": {...}})`` and lands as
-top-level keys. Nothing here knows about secrets: callers log URLs through
+top-level keys (JSON) or as ``key=value`` pairs after the message (text), in the order given.
+Nothing here knows about secrets: callers log URLs through
 :mod:`streamgroup_core.redaction` and never log passwords, which the settings keep out of reprs.
 """
 
@@ -15,31 +16,63 @@ from typing import Any
 import orjson
 
 
+def _timestamp(record: logging.LogRecord) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+
+
+def _context(record: logging.LogRecord) -> dict[str, Any]:
+    context = getattr(record, "sg", None)
+    return context if isinstance(context, dict) else {}
+
+
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": _timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        context = getattr(record, "sg", None)
-        if isinstance(context, dict):
-            payload.update(context)
+        payload.update(_context(record))
         if record.exc_info:
             payload["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(payload, default=str).decode()
 
 
-def setup(level: str) -> None:
+class TextFormatter(logging.Formatter):
+    """``<time> <level> <logger>: <message> key=value ...``; values with spaces or quotes are JSON-quoted."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        parts = [f"{_timestamp(record)} {record.levelname.lower():<7} {record.name}: {record.getMessage()}"]
+        parts.extend(f"{key}={_text_value(value)}" for key, value in _context(record).items())
+        line = " ".join(parts)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _text_value(value: Any) -> str:
+    """Strings as they are unless a space, quote or ``=`` would blur the pair; anything else as compact JSON."""
+    if not isinstance(value, str):
+        return orjson.dumps(value, default=str).decode()
+    if not value or any(c.isspace() or c in "\"=" for c in value):
+        return orjson.dumps(value).decode()
+    return value
+
+
+FORMATTERS: dict[str, type[logging.Formatter]] = {"json": JSONFormatter, "text": TextFormatter}
+
+
+def setup(level: str, format: str = "json") -> logging.Handler:
+    """Send every log record to stderr in ``format`` (``json`` or ``text``); returns the one handler."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JSONFormatter())
+    handler.setFormatter(FORMATTERS[format]())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # aiohttp's access log would print a line per probe/scrape.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    return handler
 
 
 class Incident:

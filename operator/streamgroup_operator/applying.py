@@ -13,7 +13,6 @@ import base64
 from typing import Any
 
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from streamgroup_core.spec import API_GROUP, API_VERSION, PLURAL
@@ -27,13 +26,6 @@ def _plain(obj: Any) -> dict[str, Any]:
     """A client model as the plain dict the API server would send."""
     plain: dict[str, Any] = k8s.ApiClient().sanitize_for_serialization(obj)
     return plain
-
-
-def load_config() -> None:
-    try:
-        k8s_config.load_incluster_config()
-    except k8s_config.ConfigException:
-        k8s_config.load_kube_config()
 
 
 async def apply_deployment(body: dict[str, Any]) -> dict[str, Any]:

@@ -2,14 +2,16 @@
 
 * on create, update and resume: ensure the consumer group, apply the Deployment (sidecar
   injected), report conditions;
-* every ``SG_OPERATOR_RESYNC_INTERVAL``: measure lag and pending, decide replicas (autoscaling
+* every ``--resync-interval``: measure lag and pending, decide replicas (autoscaling
   on) or follow ``spec.replicas`` (autoscaling off, set by ``kubectl scale``, an HPA or KEDA
   through the scale subresource), remove consumers of no live replica, refresh status and metrics;
 * on delete: with ``deletionPolicy: Delete``, destroy the group unless another StreamGroup
   uses it. The Deployment goes with its owner (garbage collection).
 
 Decisions live in pure modules (:mod:`.building`, :mod:`.scaling`, :mod:`.conditions`); the
-Redis and Kubernetes calls in :mod:`.grouping` and :mod:`.applying`.
+Redis and Kubernetes calls in :mod:`.grouping` and :mod:`.applying`. Nothing happens at import:
+:func:`registry` registers the handlers with the settings parsed from flags and environment (the
+resync interval is the timer's).
 
 Production settings: the operator runs as a single replica (``standalone``: no peering
 objects; the chart's Deployment uses the Recreate strategy so two never overlap). Watches ask
@@ -44,13 +46,11 @@ from streamgroup_core.spec import (
     parse_spec,
 )
 
-from . import applying, building, grouping, scaling
+from . import applying, authenticating, building, grouping, scaling
 from .conditions import DEPLOYMENT_READY, GROUP_READY, READY, REDIS_REACHABLE, Condition, merge, now_text
-from .config import OperatorSettings, from_environ
+from .config import OperatorSettings
+from .loggers import LOGGER, for_streamgroup
 from .metrics import OperatorMetrics, Snapshot
-
-SETTINGS: OperatorSettings = from_environ()
-logger = logging.getLogger("streamgroup.operator")
 
 
 @dataclass
@@ -80,6 +80,10 @@ class State:
             await cached[1].aclose()
         self.histories.pop((namespace, name), None)
         self.metrics.groups.snapshots.pop((namespace, name), None)
+
+    @classmethod
+    def new(cls, settings: OperatorSettings) -> State:
+        return cls(settings=settings, metrics=OperatorMetrics(CollectorRegistry()))
 
 
 async def resolve_endpoint(namespace: str, redis: RedisSpec) -> Endpoint:
@@ -117,7 +121,6 @@ def _parsed(spec: kopf.Spec, patch: kopf.Patch, status: kopf.Status, generation:
         raise kopf.PermanentError(str(exc)) from None
 
 
-@kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.peering.standalone = True
     # No watching of CustomResourceDefinitions: the StreamGroup CRD is installed before the
@@ -136,18 +139,14 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # the timer stopped, and kopf looks again only after this many seconds (60 by default) unless
     # another event comes: deletions then hung for a minute now and then.
     settings.background.cancellation_polling = 1
-    applying.load_config()
-    if "state" not in memo:
-        memo["state"] = State(settings=SETTINGS, metrics=OperatorMetrics(CollectorRegistry()))
     state = _state(memo)
     if state.server is None:
         state.server = Server(make_app(state.metrics.registry, lambda: {"watching": True}, lambda: {"alive": True}),
                               state.settings.server.host, state.settings.server.port)
         port = await state.server.start()
-        logger.info("serving /healthz and /metrics", extra={"sg": {"port": port}})
+        LOGGER.info("serving /healthz and /metrics", extra={"sg": {"port": port}})
 
 
-@kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
     state = _state(memo)
     for namespace, name in list(state.clients):
@@ -157,10 +156,6 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
         state.server = None
 
 
-# Unexpected errors (an API hiccup) are retried after `backoff` seconds, not kopf's default minute.
-@kopf.on.create(API_GROUP, API_VERSION, PLURAL, backoff=5)
-@kopf.on.update(API_GROUP, API_VERSION, PLURAL, backoff=5)
-@kopf.on.resume(API_GROUP, API_VERSION, PLURAL, backoff=5)
 async def reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status,
                     patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     state = _state(memo)
@@ -202,8 +197,6 @@ async def reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: k
         raise kopf.TemporaryError(f"Redis not ready: {redis_condition(failure).message}", delay=10)
 
 
-@kopf.timer(API_GROUP, API_VERSION, PLURAL, interval=SETTINGS.watch.resync_interval,
-            initial_delay=min(2.0, SETTINGS.watch.resync_interval))
 async def resync(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status,
                  patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     state = _state(memo)
@@ -245,8 +238,7 @@ async def resync(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf
             await applying.scale_deployment(namespace, name, desired)
             state.metrics.scalings.labels(namespace, name, "up" if desired > current else "down").inc()
             patch.status["lastScaleTime"] = now_text()
-            logger.info("scaled", extra={"sg": {"namespace": namespace, "name": name, "from": current,
-                                                 "to": desired}})
+            for_streamgroup(namespace, name).info("scaled", extra={"sg": {"from": current, "to": desired}})
         await _clean_consumers(state, client, namespace, name, sg, stats)
 
     if deployment is None:
@@ -299,9 +291,8 @@ async def _clean_consumers(state: State, client: aioredis.Redis, namespace: str,
         int(spec.claim.min_idle_seconds * 1000))
     if cleanup.removed:
         state.metrics.consumers_removed.labels(namespace, name).inc(len(cleanup.removed))
-        logger.info("removed consumers of no live replica", extra={"sg": {
-            "namespace": namespace, "name": name, "consumers": cleanup.removed,
-            "entries_handed_over": cleanup.handed_over}})
+        for_streamgroup(namespace, name).info("removed consumers of no live replica", extra={"sg": {
+            "consumers": cleanup.removed, "entries_handed_over": cleanup.handed_over}})
 
 
 def _shares_group(mine: StreamGroupSpec, other: dict[str, Any]) -> bool:
@@ -316,7 +307,6 @@ def _shares_group(mine: StreamGroupSpec, other: dict[str, Any]) -> bool:
     )
 
 
-@kopf.on.delete(API_GROUP, API_VERSION, PLURAL, backoff=5)
 async def delete(meta: kopf.Meta, spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
     state = _state(memo)
     namespace, name = meta["namespace"], meta["name"]
@@ -331,13 +321,34 @@ async def delete(meta: kopf.Meta, spec: kopf.Spec, memo: kopf.Memo, **_: Any) ->
                       if other["metadata"]["uid"] != meta["uid"] and _shares_group(sg, other)]
             if others:
                 users = ", ".join(f"{o['metadata']['namespace']}/{o['metadata']['name']}" for o in others)
-                logger.info("deletionPolicy Delete: group kept, other StreamGroups use it",
-                            extra={"sg": {"namespace": namespace, "name": name, "used_by": users}})
+                for_streamgroup(namespace, name).info("deletionPolicy Delete: group kept, other StreamGroups use it",
+                                                      extra={"sg": {"used_by": users}})
             else:
                 client = await state.client_for(namespace, name, sg)
                 destroyed = await grouping.destroy_group(client, list(sg.stream_keys), sg.group)
-                logger.info("deletionPolicy Delete: consumer group destroyed", extra={"sg": {
-                    "namespace": namespace, "name": name, "group": sg.group, "streams": destroyed}})
+                for_streamgroup(namespace, name).info("deletionPolicy Delete: consumer group destroyed", extra={
+                    "sg": {"group": sg.group, "streams": destroyed}})
     except (RedisError, SecretMissing, OSError) as exc:
         raise kopf.TemporaryError(f"cannot delete the group yet: {redis_condition(exc).message}", delay=10) from exc
     await state.forget(namespace, name)
+
+
+def registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
+    """The handlers, registered with these settings (the resync timer's interval is one of them)."""
+    handlers = kopf.OperatorRegistry()
+    kopf.on.login(registry=handlers)(login)
+    kopf.on.startup(registry=handlers)(configure)
+    kopf.on.cleanup(registry=handlers)(close)
+    # Unexpected errors (an API hiccup) are retried after `backoff` seconds, not kopf's default minute.
+    for on in (kopf.on.create, kopf.on.update, kopf.on.resume):
+        on(API_GROUP, API_VERSION, PLURAL, backoff=5, registry=handlers)(reconcile)
+    interval = settings.watch.resync_interval
+    kopf.timer(API_GROUP, API_VERSION, PLURAL, interval=interval, initial_delay=min(2.0, interval),
+               registry=handlers)(resync)
+    kopf.on.delete(API_GROUP, API_VERSION, PLURAL, backoff=5, registry=handlers)(delete)
+    return handlers
+
+
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """kopf's credentials: the kubeconfig or service account the operator was started with."""
+    return authenticating.credentials()

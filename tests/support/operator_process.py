@@ -16,12 +16,16 @@ from .ports import free_port
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, namespaces: Sequence[str], **env: str) -> None:
+    """``kubeconfig`` goes to ``$KUBECONFIG`` (``None``: unset); ``args`` are flags, ``env`` more variables."""
+
+    def __init__(self, kubeconfig: Path | None, namespaces: Sequence[str], args: Sequence[str] = (),
+                 **env: str) -> None:
         self.port = free_port()
+        self.args = list(args)
         self.env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", "/tmp"),
-            "KUBECONFIG": str(kubeconfig),
+            **({"KUBECONFIG": str(kubeconfig)} if kubeconfig is not None else {}),
             "SG_OPERATOR_NAMESPACES": ",".join(namespaces),
             "SG_OPERATOR_HOST": "127.0.0.1",
             "SG_OPERATOR_PORT": str(self.port),
@@ -34,7 +38,7 @@ class OperatorProcess:
 
     def start(self, timeout: float = 30.0) -> OperatorProcess:
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "streamgroup_operator"], env=self.env,
+            self.process = subprocess.Popen([sys.executable, "-m", "streamgroup_operator", *self.args], env=self.env,
                                             stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while not self.healthy():
