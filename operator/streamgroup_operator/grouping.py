@@ -9,6 +9,7 @@ bound is reported as the bound (a lower bound: never more scaling than the data 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -99,6 +100,23 @@ async def destroy_group(client: aioredis.Redis, streams: list[str], group: str) 
     return destroyed
 
 
+def entries_read(info: dict[str, Any]) -> int | None:
+    """The group's read counter from its row of XINFO GROUPS, or ``None`` where nobody can tell.
+
+    Redis reports ``entries-read`` as nil until the group first reads when it was made at ``0`` or at
+    ``$`` on an empty stream: its last-delivered ID is then 0-0, and the count of entries read from
+    there is 0, not unknown. Left out (as Redis leaves it) is a group reading from a position Redis
+    cannot count from (after XDEL or XSETID, or made at ``$`` on a stream that has entries, until it
+    has caught up once): a made-up 0 would show a group that reads as one that does not.
+    """
+    reported = info.get("entries-read")
+    if isinstance(reported, int):
+        return reported
+    if _text(info.get("last-delivered-id", b"0-0")) == "0-0":
+        return 0
+    return None
+
+
 async def bounded_lag(client: aioredis.Redis, stream: str, last_delivered: str) -> int:
     """Entries after ``last_delivered``, counted up to :data:`LAG_COUNT_BOUND`."""
     rows = await client.xrange(stream, min=f"({last_delivered}", max="+", count=LAG_COUNT_BOUND)
@@ -122,7 +140,7 @@ async def measure(client: aioredis.Redis, streams: list[str], group: str, dead_l
             stream=stream, exists=True, lag=int(lag), pending=int(info.get("pending") or 0),
             oldest_pending_age_seconds=await groups.oldest_pending_age(client, stream, group),
             consumers=consumers, dead_letters=dead_letters,
-            entries_read=int(info["entries-read"]) if isinstance(info.get("entries-read"), int) else None,
+            entries_read=entries_read(info),
         ))
     return GroupStats(results)
 
