@@ -298,17 +298,44 @@ def async_client(endpoint: Endpoint, *, socket_timeout: float, connect_timeout: 
     return aioredis.Redis.from_pool(aioredis.ConnectionPool(**settings))
 
 
+class _ClosedUnderUs:
+    """Mixin: a write on a connection that another task closed meanwhile fails as a ConnectionError.
+
+    redis-py's asyncio cluster client closes *every* connection of every node when one command fails
+    on a lost connection (to rediscover the cluster). A task writing on one of them at that moment gets
+    uvloop's ``RuntimeError`` ("the handler is closed"), or an ``AttributeError`` once redis-py dropped
+    the connection's writer: what it means is a lost connection, and callers retry it as one.
+    """
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)  # type: ignore[misc]
+        except (RuntimeError, AttributeError) as exc:
+            raise redis.ConnectionError(f"connection closed while in use ({type(exc).__name__}: {exc})") from exc
+
+
+class _AsyncClusterConnection(_ClosedUnderUs, aioredis.Connection):
+    pass
+
+
+class _AsyncClusterTlsConnection(_ClosedUnderUs, _AsyncTlsConnection):
+    pass
+
+
 def _async_cluster(endpoint: Endpoint, timeouts: dict[str, Any]) -> Any:
     parts = split_url(endpoint.url)
+    # On a MOVED reply the client updates that slot's owner; by default every fifth one also makes it
+    # close every connection and rediscover the cluster, which cuts every blocking read short.
+    timeouts = {"reinitialize_steps": 0, **timeouts}
     client = AsyncRedisCluster(startup_nodes=[AsyncClusterNode(host, port) for host, port in parts.hosts],
                                **_credentials(endpoint, parts), **timeouts)
-    if endpoint.uses_tls:
-        # The client keeps one dict of connection arguments for every node it finds; the seed nodes
-        # were made from it already, so they are made again.
-        client.connection_kwargs["connection_class"] = _bound(_AsyncTlsConnection, endpoint.tls)
-        manager = client.nodes_manager
-        manager.startup_nodes = {node.name: AsyncClusterNode(node.host, node.port, **client.connection_kwargs)
-                                 for node in manager.startup_nodes.values()}
+    # The client keeps one dict of connection arguments for every node it finds; the seed nodes were
+    # made from it already, so they are made again.
+    client.connection_kwargs["connection_class"] = (
+        _bound(_AsyncClusterTlsConnection, endpoint.tls) if endpoint.uses_tls else _AsyncClusterConnection)
+    manager = client.nodes_manager
+    manager.startup_nodes = {node.name: AsyncClusterNode(node.host, node.port, **client.connection_kwargs)
+                             for node in manager.startup_nodes.values()}
     return client
 
 

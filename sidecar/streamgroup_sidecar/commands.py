@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import (
     AskError,
     ClusterError,
@@ -97,49 +97,11 @@ def client_name(group: str, consumer: str) -> str:
 
 def connect(settings: RedisSettings, socket_timeout: float, name: str | None = None) -> aioredis.Redis:
     """A client for ``settings``; secrets stay inside the client, never in its repr or logs."""
-    cluster: dict[str, Any] = {}
-    if settings.mode == "cluster":
-        # On a MOVED reply the client updates that slot's owner; by default every fifth one also makes
-        # it close every connection and rediscover the cluster, which cuts every other blocking read short.
-        cluster["reinitialize_steps"] = 0
-    made = async_client(endpoint(settings), socket_timeout=socket_timeout, socket_keepalive=True,
-                        health_check_interval=15, client_name=name, **cluster)
-    if settings.mode == "cluster":
-        _fail_writes_on_closed_connections(made)
-    client: aioredis.Redis = made
+    client: aioredis.Redis = async_client(endpoint(settings), socket_timeout=socket_timeout, socket_keepalive=True,
+                                          health_check_interval=15, client_name=name)
     client.set_response_callback("XREADGROUP", _raw)
     client.set_response_callback("XAUTOCLAIM", _raw)
     return client
-
-
-class _ClosedUnderUs:
-    """Mixin: a write on a connection that another task closed meanwhile fails as a ConnectionError.
-
-    redis-py's cluster client closes *every* connection of every node when one command fails on a lost
-    connection (to rediscover the cluster). A task that is writing on one of them at that moment gets
-    uvloop's ``RuntimeError`` ("the handler is closed"), or an ``AttributeError`` once redis-py dropped
-    the connection's writer: what it means is a lost connection, and it is retried as one.
-    """
-
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        try:
-            await super().send_packed_command(command, check_health)  # type: ignore[misc]
-        except (RuntimeError, AttributeError) as exc:
-            raise RedisConnectionError(f"connection closed while in use ({type(exc).__name__}: {exc})") from exc
-
-
-def _fail_writes_on_closed_connections(client: RedisCluster) -> None:
-    """Give every connection of ``client`` the :class:`_ClosedUnderUs` behaviour.
-
-    The client makes every node's connections from one class in its connection arguments; the seed
-    nodes were made from it already, so they are made again (as the core does for TLS).
-    """
-    arguments = client.connection_kwargs
-    base = arguments.get("connection_class", aioredis.Connection)
-    arguments["connection_class"] = type(base.__name__, (_ClosedUnderUs, base), {})
-    manager = client.nodes_manager
-    manager.startup_nodes = {node.name: ClusterNode(node.host, node.port, **arguments)
-                             for node in manager.startup_nodes.values()}
 
 
 def is_nogroup(exc: BaseException) -> bool:
