@@ -8,29 +8,32 @@
 * on delete: with ``deletionPolicy: Delete``, destroy the group unless another StreamGroup
   uses it. The Deployment goes with its owner (garbage collection).
 
-Decisions live in pure modules (:mod:`.building`, :mod:`.scaling`, :mod:`.conditions`); the
-Redis and Kubernetes calls in :mod:`.grouping` and :mod:`.applying`. Nothing happens at import:
-:func:`registry` registers the handlers with the settings parsed from flags and environment (the
-resync interval is the timer's).
+Decisions live in pure modules (:mod:`.building`, :mod:`.scaling`, :mod:`.conditions`,
+:mod:`.recording`); the Redis and Kubernetes calls in :mod:`.grouping`, :mod:`.applying` and
+:mod:`.posting`. Nothing happens at import: :func:`registry` registers the handlers with the
+settings parsed from flags and environment (the resync interval is the timer's).
 
 Production settings: the operator runs as a single replica (``standalone``: no peering
 objects; the chart's Deployment uses the Recreate strategy so two never overlap). Watches ask
 the API server to end them every few minutes and the client gives up shortly after, so a
-silently dropped connection cannot stall reconciliation. Kubernetes Events are posted for
-warnings and errors only: a resync every few seconds would flood them otherwise.
+silently dropped connection cannot stall reconciliation. Kubernetes Events are the operator's
+own (:mod:`.posting`): a Warning per incident (Redis unreachable or refusing, the group lost, a
+spec or template that cannot be used) whose count grows while it lasts, and a Normal
+``SuccessfulRescale`` per scaling; kopf posts none, it would post one per failed resync.
 """
 
 from __future__ import annotations
 
-import logging
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 import redis.asyncio as aioredis
+from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
-from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from streamgroup_core.connecting import Endpoint
@@ -46,11 +49,13 @@ from streamgroup_core.spec import (
     parse_spec,
 )
 
-from . import applying, authenticating, building, grouping, scaling
+from . import applying, authenticating, building, grouping, recording, scaling
 from .conditions import DEPLOYMENT_READY, GROUP_READY, READY, REDIS_REACHABLE, Condition, merge, now_text
 from .config import OperatorSettings
 from .loggers import LOGGER, for_streamgroup
 from .metrics import OperatorMetrics, Snapshot
+from .posting import Recorder
+from .recording import GROUP_LOST, INVALID_SPEC, INVALID_TEMPLATE, REDIS_REASONS, SUCCESSFUL_RESCALE, Ref
 
 
 @dataclass
@@ -59,6 +64,7 @@ class State:
 
     settings: OperatorSettings
     metrics: OperatorMetrics
+    recorder: Recorder
     clients: dict[tuple[str, str], tuple[Endpoint, aioredis.Redis]] = field(default_factory=dict)
     histories: dict[tuple[str, str], tuple[tuple[float, int], ...]] = field(default_factory=dict)
     server: Server | None = None
@@ -80,10 +86,11 @@ class State:
             await cached[1].aclose()
         self.histories.pop((namespace, name), None)
         self.metrics.groups.snapshots.pop((namespace, name), None)
+        self.recorder.forget(namespace, name)
 
     @classmethod
     def new(cls, settings: OperatorSettings) -> State:
-        return cls(settings=settings, metrics=OperatorMetrics(CollectorRegistry()))
+        return cls(settings=settings, metrics=OperatorMetrics(CollectorRegistry()), recorder=Recorder(settings.events))
 
 
 async def resolve_endpoint(namespace: str, redis: RedisSpec) -> Endpoint:
@@ -96,28 +103,56 @@ def redis_condition(exc: BaseException) -> Condition:
     """RedisReachable=False with a reason and a message that never carries a secret."""
     if isinstance(exc, SecretMissing):
         return Condition(REDIS_REACHABLE, False, "SecretMissing", str(exc))
-    if isinstance(exc, AuthenticationError):
-        return Condition(REDIS_REACHABLE, False, "AuthenticationFailed", "Redis refused the credentials")
+    if isinstance(exc, AuthenticationError):  # WRONGPASS, NOAUTH: the server's words name no secret
+        return Condition(REDIS_REACHABLE, False, "AuthenticationFailed", f"Redis refused the credentials: {exc}")
+    if isinstance(exc, NoPermissionError):  # NOPERM: the user may not run a command the operator needs
+        return Condition(REDIS_REACHABLE, False, "PermissionDenied", f"Redis refused a command: {str(exc)[:300]}")
     if isinstance(exc, RedisConnectionError):
         return Condition(REDIS_REACHABLE, False, "Unreachable", str(exc)[:300])
     return Condition(REDIS_REACHABLE, False, "RedisError", f"{type(exc).__name__}: {str(exc)[:300]}")
+
+
+def group_vanished(exc: BaseException) -> bool:
+    """The group was deleted between two commands of one measurement (Redis answered NOGROUP)."""
+    return isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP")
+
+
+def template_refusal(exc: ApiException) -> str | None:
+    """The API server's message when it refused the Deployment as invalid (the user's template), else ``None``."""
+    if exc.status not in (400, 422):
+        return None
+    try:
+        message = str(json.loads(exc.body or "{}").get("message") or "")
+    except ValueError:
+        message = ""
+    return (message or str(exc.reason or "invalid"))[:500]
 
 
 def _state(memo: kopf.Memo) -> State:
     return memo["state"]  # type: ignore[no-any-return]
 
 
+def _ref(meta: kopf.Meta) -> Ref:
+    return Ref(meta["namespace"], meta["name"], str(meta.get("uid", "")))
+
+
+def _condition(status: kopf.Status, kind: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions", []) if c.get("type") == kind), {})
+
+
 def _autoscaling(spec: StreamGroupSpec) -> scaling.Autoscaling | None:
     return scaling.Autoscaling.from_spec(spec.autoscaling) if spec.autoscaling is not None else None
 
 
-def _parsed(spec: kopf.Spec, patch: kopf.Patch, status: kopf.Status, generation: int) -> StreamGroupSpec:
-    """The typed spec; an unusable one is reported as Ready=False and never retried until it changes."""
+async def _parsed(state: State, ref: Ref, spec: kopf.Spec, patch: kopf.Patch, status: kopf.Status,
+                  generation: int) -> StreamGroupSpec:
+    """The typed spec; an unusable one is reported (Ready=False, an Event) and not retried until it changes."""
     try:
         return parse_spec(dict(spec))
     except SpecError as exc:
         invalid = Condition(READY, False, "InvalidSpec", str(exc)[:500])
         patch.status["conditions"] = merge(list(status.get("conditions", [])), [], generation, ready=invalid)
+        await state.recorder.observe(ref, {INVALID_SPEC}, {INVALID_SPEC: invalid.message})
         raise kopf.PermanentError(str(exc)) from None
 
 
@@ -133,7 +168,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     settings.watching.connect_timeout = 10
-    settings.posting.level = logging.WARNING
+    # The operator writes its own Events (posting.py): kopf's would be one per failed resync.
+    settings.posting.enabled = False
     settings.batching.error_delays = (1, 2, 5, 10, 20, 30, 60)
     # A StreamGroup deleted while its resync timer is running keeps its finalizer until kopf sees
     # the timer stopped, and kopf looks again only after this many seconds (60 by default) unless
@@ -160,9 +196,13 @@ async def reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: k
                     patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     state = _state(memo)
     namespace, name = meta["namespace"], meta["name"]
-    sg = _parsed(spec, patch, status, int(meta.get("generation", 0)))
+    ref = _ref(meta)
+    sg = await _parsed(state, ref, spec, patch, status, int(meta.get("generation", 0)))
     updates: list[Condition] = []
     failure: BaseException | None = None
+    # Redis incidents are the resync's to report, which measures every group on a clock: this handler's
+    # success (a group created) says nothing of the commands a resync found refused.
+    checked = {INVALID_SPEC, INVALID_TEMPLATE}
     try:
         client = await state.client_for(namespace, name, sg)
         created = await grouping.ensure_group(client, list(sg.stream_keys), sg.group, sg.start_position)
@@ -186,21 +226,46 @@ async def reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: k
     else:
         replicas = sg.replicas
     deployment = building.build_deployment(meta, sg, replicas, state.settings.sidecar)
-    await applying.apply_deployment(deployment)
+    generation = int(meta.get("generation", 0))
+    try:
+        await applying.apply_deployment(deployment)
+    except ApiException as exc:
+        refusal = template_refusal(exc)
+        if refusal is None:
+            raise
+        # The user's pod template is what the API server refuses: retrying cannot help until the spec changes.
+        updates.append(Condition(DEPLOYMENT_READY, False, "InvalidTemplate", refusal))
+        patch.status["observedGeneration"] = meta.get("generation")
+        patch.status["conditions"] = merge(list(status.get("conditions", [])), updates, generation)
+        await state.recorder.observe(ref, checked, {INVALID_TEMPLATE: f"Deployment refused: {refusal}"})
+        state.metrics.reconciles.labels("spec", "error").inc()
+        raise kopf.PermanentError(f"Deployment refused: {refusal}") from None
+    if current is not None and replicas != current:
+        await _rescaled(state, ref, current, replicas, scaling.explain(replicas, current, None, None, policy))
 
     patch.status["observedGeneration"] = meta.get("generation")
     patch.status["selector"] = building.selector_string(name)
     patch.status["replicas"] = replicas
-    patch.status["conditions"] = merge(list(status.get("conditions", [])), updates, int(meta.get("generation", 0)))
+    patch.status["conditions"] = merge(list(status.get("conditions", [])), updates, generation)
+    await state.recorder.observe(ref, checked, {})
     state.metrics.reconciles.labels("spec", "error" if failure else "ok").inc()
     if failure is not None:
         raise kopf.TemporaryError(f"Redis not ready: {redis_condition(failure).message}", delay=10)
+
+
+async def _rescaled(state: State, ref: Ref, current: int, desired: int, why: str) -> None:
+    """A scaling decision taken: counted, logged and shown as a Normal Event, like the HPA's."""
+    state.metrics.scalings.labels(ref.namespace, ref.name, "up" if desired > current else "down").inc()
+    for_streamgroup(ref.namespace, ref.name).info(
+        "scaled", extra={"sg": {"from": current, "to": desired, "reason": why}})
+    await state.recorder.announce(ref, SUCCESSFUL_RESCALE, recording.rescale_message(desired, why))
 
 
 async def resync(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status,
                  patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     state = _state(memo)
     namespace, name = meta["namespace"], meta["name"]
+    ref = _ref(meta)
     try:
         sg = parse_spec(dict(spec))
     except SpecError:
@@ -210,19 +275,37 @@ async def resync(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf
     current = int(deployment["spec"].get("replicas", 0)) if deployment else 0
     desired = current
     stats: grouping.GroupStats | None = None
+    checked = set(REDIS_REASONS)
+    found: dict[str, str] = {}
     try:
         client = await state.client_for(namespace, name, sg)
         stats = await grouping.measure(client, list(sg.stream_keys), sg.group, list(sg.dead_letter_streams))
         updates.append(Condition(REDIS_REACHABLE, True, "Connected", "Redis answered"))
+        checked.add(GROUP_LOST)
         if stats.group_ready:
             updates.append(Condition(GROUP_READY, True, "Exists", f"group {sg.group!r} present"))
         else:
             missing = [s.stream for s in stats.streams if not s.exists]
-            updates.append(Condition(GROUP_READY, False, "GroupMissing", f"no group on {', '.join(missing)}"))
+            gone = Condition(GROUP_READY, False, "GroupMissing", f"no group on {', '.join(missing)}")
+            updates.append(gone)
+            # Lost, not "not made yet": it was there (a change handler may still be creating it otherwise).
+            if _condition(status, GROUP_READY).get("status") == "True" or state.recorder.is_open(ref, GROUP_LOST):
+                found[GROUP_LOST] = f"consumer group {sg.group!r} lost: {gone.message}"
     except (RedisError, SecretMissing, SpecError, OSError) as exc:
-        updates.append(redis_condition(exc))
+        if group_vanished(exc):
+            # Redis answered: the group went away between two commands (NOGROUP).
+            updates.append(Condition(REDIS_REACHABLE, True, "Connected", "Redis answered"))
+            updates.append(Condition(GROUP_READY, False, "GroupMissing", str(exc)[:300]))
+            checked.add(GROUP_LOST)
+            found[GROUP_LOST] = f"consumer group {sg.group!r} lost: {str(exc)[:300]}"
+        else:
+            condition = redis_condition(exc)
+            updates.append(condition)
+            reason, message = recording.redis_problem(condition)
+            found[reason] = message
         state.metrics.redis_errors.labels(namespace, name).inc()
         state.metrics.reconciles.labels("resync", "error").inc()
+    await state.recorder.observe(ref, checked, found)
 
     policy = _autoscaling(sg)
     if stats is not None and deployment is not None:
@@ -236,13 +319,15 @@ async def resync(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf
             desired = sg.replicas
         if desired != current:
             await applying.scale_deployment(namespace, name, desired)
-            state.metrics.scalings.labels(namespace, name, "up" if desired > current else "down").inc()
             patch.status["lastScaleTime"] = now_text()
-            for_streamgroup(namespace, name).info("scaled", extra={"sg": {"from": current, "to": desired}})
+            await _rescaled(state, ref, current, desired,
+                            scaling.explain(desired, current, stats.lag, stats.pending, policy))
         await _clean_consumers(state, client, namespace, name, sg, stats)
 
     if deployment is None:
-        updates.append(Condition(DEPLOYMENT_READY, False, "Missing", "the Deployment does not exist yet"))
+        # A template the API server refused stays the reason until the spec changes (see reconcile).
+        if _condition(status, DEPLOYMENT_READY).get("reason") != "InvalidTemplate":
+            updates.append(Condition(DEPLOYMENT_READY, False, "Missing", "the Deployment does not exist yet"))
     else:
         ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
         patch.status["readyReplicas"] = ready

@@ -92,3 +92,33 @@ def decide(
     else:
         reason = f"lag {lag}, pending {pending}: steady"
     return Decision(desired, raw, remembered, reason)
+
+
+def explain(new: int, current: int, lag: int | None, pending: int | None, policy: Autoscaling | None) -> str:
+    """Why replicas go from ``current`` to ``new``: the reason of the ``SuccessfulRescale`` Event (HPA wording)."""
+    if policy is None:
+        return "spec.replicas"
+    if current > policy.max_replicas and new == policy.max_replicas:
+        return f"above maxReplicas {policy.max_replicas}"
+    if current < policy.min_replicas and new == policy.min_replicas:
+        return f"below minReplicas {policy.min_replicas}"
+    if lag is None or pending is None:
+        return "within the autoscaling bounds"
+    by_lag = math.ceil(lag / policy.target_lag)
+    by_pending = math.ceil(pending / policy.target_pending) if policy.target_pending is not None else 0
+    lag_text = f"lag {lag}"
+    pending_text = f"pending {pending}"
+    lag_target = f"target ({policy.target_lag} per replica)"
+    pending_target = f"target ({policy.target_pending} per replica)"
+    if new > current:
+        if current == 0:
+            return f"activation: lag {lag}, pending {pending}"
+        why = (f"{pending_text} above {pending_target}" if by_pending > by_lag
+               else f"{lag_text} above {lag_target}")
+        return why + (f", capped at maxReplicas {policy.max_replicas}"
+                      if max(by_lag, by_pending) > new == policy.max_replicas else "")
+    if new == 0:
+        return "no lag and nothing pending"
+    if policy.target_pending is not None:
+        return f"{lag_text} and {pending_text} below target"
+    return f"{lag_text} below {lag_target}"

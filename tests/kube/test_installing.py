@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from tests.kube.streamgroups import GROUP, PLURAL, VERSION, create, eventually, get_sg, manifest
 from tests.support.kube import ControlPlane
 from tests.support.operator_process import OperatorProcess
+from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,10 +91,11 @@ class TestLeastPrivilege:
     ) -> None:
         _, watched, kubeconfig = install_namespaced(control_plane, core)
         admin: Any = type("Apis", (), {"custom": client.CustomObjectsApi(control_plane.api_client())})
-        operator = OperatorProcess(kubeconfig, [watched]).start()
+        operator = OperatorProcess(kubeconfig, [watched], ["--event-repeat-interval", "1s"]).start()
         try:
             create(admin, watched, manifest("billing", redis_server.url, autoscaling={
                 "minReplicas": 1, "maxReplicas": 2, "targetLagPerReplica": 1}, deletionPolicy="Delete"))
+            create(admin, watched, manifest("unreachable", f"redis://127.0.0.1:{free_port()}/0"))
             apps = client.AppsV1Api(control_plane.api_client())
             eventually(lambda: apps.read_namespaced_deployment("billing", watched), what="the Deployment")
             redis_server.client().xadd("orders", {"k": "v"})
@@ -104,6 +106,14 @@ class TestLeastPrivilege:
                             what="status written")
             conditions = {c["type"]: c["status"] for c in sg["status"]["conditions"]}
             assert conditions["RedisReachable"] == conditions["GroupReady"] == "True"
+            # Events: a rescale is created, a lasting incident's count patched.
+            events = client.CoreV1Api(control_plane.api_client())
+            eventually(lambda: [e for e in events.list_namespaced_event(watched).items
+                                if e.reason == "SuccessfulRescale" and e.involved_object.name == "billing"],
+                       what="the rescale Event")
+            eventually(lambda: [e for e in events.list_namespaced_event(watched).items
+                                if e.reason == "RedisUnreachable" and (e.count or 0) >= 3], what="a count patched")
+            assert "could not write an Event" not in operator.logs()
             admin.custom.delete_namespaced_custom_object(GROUP, VERSION, watched, PLURAL, "billing")
 
             def gone() -> bool:
@@ -140,6 +150,8 @@ class TestLeastPrivilege:
                 spec=client.V1PodSpec(containers=[client.V1Container(name="x", image="x")]))),
             lambda: client.CustomObjectsApi(as_operator).list_cluster_custom_object(GROUP, VERSION, PLURAL),
             lambda: client.RbacAuthorizationV1Api(as_operator).list_cluster_role(),
+            lambda: its_core.list_namespaced_event(watched),  # it remembers its own Events
+            lambda: its_core.delete_namespaced_event("anything", watched),
         ]
         for call in refused:
             with pytest.raises(ApiException) as info:

@@ -60,7 +60,8 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
-- apiGroups: ["", "events.k8s.io"]
+# Events: one per incident, its count patched while it lasts (no list: the operator remembers its own).
+- apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "patch"]
 {{- end -}}
