@@ -211,9 +211,10 @@ class DeliverySettings:
     app_url: str = "http://127.0.0.1:8080/"
     """The application's endpoint; every entry is POSTed here."""
     app_health_url: str | None = None
-    """Polled while the app is down; when set, nothing is read or attempted until it answers 2xx."""
+    """Probed every :attr:`app_health_interval`, up or down; when set, it alone says whether the app is up,
+    and while it does not answer 2xx nothing is read or attempted."""
     app_health_interval: float = 1.0
-    """How often :attr:`app_health_url` is polled, seconds."""
+    """Seconds between two probes of :attr:`app_health_url`."""
     body: str = "json"
     """``json``: a JSON object of the entry's fields. ``raw``: the bytes of :attr:`body_field`."""
     body_field: str | None = None
@@ -377,10 +378,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("app-url", "delivery.app_url", _http_url, "http://127.0.0.1:8080/",
            "The app endpoint each entry is POSTed to."),
     Option("app-health-url", "delivery.app_health_url", _optional_http_url, None,
-           "Optional app health endpoint. While the app is unreachable it is polled, and nothing is read "
-           "or attempted until it answers 2xx."),
+           "Optional app health endpoint, probed every `--app-health-interval`: while it does not answer "
+           "2xx, nothing is read or attempted. Without it, the app counts as down while its connections are "
+           "refused (or TLS handshakes fail)."),
     Option("app-health-interval", "delivery.app_health_interval", _positive_duration, "1s",
-           "Polling period of `--app-health-url` while the app is down."),
+           "Time between two probes of `--app-health-url` (whether the app is up or down)."),
     Option("body", "delivery.body", _choice("json", "raw"), "json",
            "`json`: a JSON object of the entry's fields. `raw`: the bytes of `--body-field` as they are."),
     Option("body-field", "delivery.body_field", _non_empty, None,

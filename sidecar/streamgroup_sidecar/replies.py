@@ -14,13 +14,15 @@ a dead-letter status (config)   dead-letter at once, reason ``status-<code>``
 other 4xx / 5xx                 retry with back-off
 timeout, broken connection      retry with back-off
 not HTTP, over the size limits  retry with back-off (reason ``bad-reply``)
-refused, TLS handshake failed   retry; never counts towards ``max-deliveries`` (app unreachable)
+refused, TLS handshake failed   retry after a short back-off of its own; never counts towards
+                                ``max-deliveries`` (app unreachable)
 ==============================  ===========================================================
 
 An entry whose delivery count reaches ``max-deliveries`` is dead-lettered instead of
 retried, with reason ``max-deliveries`` and the last failure kept. An app that refuses
 connections, or whose TLS handshake fails, is unreachable, which is not the entry's fault:
-such attempts never count (see :func:`unreachable`).
+such attempts never count (see :func:`unreachable`), and the workers retry them with
+``working.APP_DOWN_RETRY`` (100 ms doubling to 1 s) instead of the configured back-off.
 """
 
 from __future__ import annotations

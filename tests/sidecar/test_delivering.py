@@ -239,6 +239,28 @@ class TestFailuresAreRetried:
             finally:
                 await app.stop()
 
+    async def test_a_refused_app_is_retried_on_a_short_back_off_of_its_own_that_settles_near_a_second(
+        self, redis_server: RedisServer
+    ) -> None:
+        app = RecordingApp()  # not started: connections are refused
+        produce(redis_server, "orders", 1)
+        # The --retry-* back-off would wait 10 s after the first failure; an unreachable app is not the
+        # entry's fault and gets 100 ms doubling to 1 s (± 20%) instead, never counted.
+        settings = settings_for(redis_server, app, retry_initial="10s", retry_max="1m", max_deliveries="1")
+        loop = asyncio.get_running_loop()
+        times: list[float] = []
+        async with running(settings) as sidecar:
+            tally = sidecar.metrics.stream("orders")
+            deadline = loop.time() + 15  # 4.5 s nominal for 8 attempts
+            while len(times) < 8:
+                times += [loop.time()] * (tally.attempts.get("connection", 0) - len(times))
+                assert loop.time() < deadline, f"only {len(times)} attempts"
+                await asyncio.sleep(0.01)
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert times[4] - times[0] < 3, gaps  # 0.1 + 0.2 + 0.4 + 0.8 s nominal
+        assert all(gap >= 0.8 for gap in gaps[4:]), gaps  # then capped at 1 s ± 20%: it does not hammer the app
+        assert redis_server.client().exists("orders:dead") == 0
+
     async def test_an_app_whose_tls_handshake_fails_is_unreachable_and_those_attempts_never_count(
         self, redis_server: RedisServer, app: RecordingApp
     ) -> None:
