@@ -1,14 +1,22 @@
 """The sidecar on Redis Cluster against the sidecar on one Redis, in the same run.
 
 One sidecar in cluster mode reads a stream in six partitions (``bench:{0}`` … ``bench:{5}``) spread
-over a private six-node cluster (three primaries, three replicas), with one lane per partition (see
-``streamgroup_sidecar.reading``); the standalone figure is the usual saturation run (one stream, one
-``redis-server``). Both in per-entry and in batch mode, rounds interleaved, medians reported, and the
-ratio cluster / standalone of throughput and of CPU per entry. On a small machine the cluster's six
-servers take CPU from the sidecar, so CPU per entry is the figure to compare. Every server binds 127.0.0.1 on a free
-port and dies with the bench; every wait is bounded.
+over a private cluster of three primaries (``--replicas 1`` gives each a replica), with one lane per
+partition (see ``streamgroup_sidecar.reading``); the standalone figure is the usual saturation run
+(one stream, one ``redis-server``, no replica). Both in per-entry and in batch mode, rounds
+interleaved, medians reported, and the ratio cluster / standalone of throughput and of the sidecar's
+CPU per entry. On a small machine every server takes CPU from the sidecar: without replicas both sides
+replicate nothing, which is the like-for-like comparison; with them, CPU per entry is the figure to
+compare.
 
-    .venv/bin/python -m bench.cluster                    # 60,000 entries, 2 rounds
+It also prints the figures for sizing a cluster (docs/performance.md, "The path to 1,000,000
+entries/s"): the server CPU a primary spends per entry written (XADD, pipelined as producers batch)
+and per entry consumed by the sidecar (XREADGROUP, XACK, the rest), from which one primary's ceiling
+follows, since Redis runs commands on one thread. Every server binds 127.0.0.1 on a free port and
+dies with the bench; every wait is bounded.
+
+    .venv/bin/python -m bench.cluster                    # 60,000 entries, 2 rounds, no replicas
+    .venv/bin/python -m bench.cluster --replicas 1 --repeat 3
     .venv/bin/python -m bench.cluster --entries 5000 --repeat 1
 """
 
@@ -53,16 +61,16 @@ def _free_pair() -> int:
 
 
 class RedisCluster:
-    """Six private cluster-enabled ``redis-server`` processes made into three primaries with a replica each."""
+    """Private cluster-enabled ``redis-server`` processes: three primaries, each with ``replicas`` replicas."""
 
-    def __init__(self) -> None:
+    def __init__(self, replicas: int = 0) -> None:
         binary = shutil.which("redis-server")
         if binary is None or shutil.which("redis-cli") is None:
             raise RuntimeError("redis-server and redis-cli are needed (apt-get install redis-server)")
         self.dir = Path(tempfile.mkdtemp(prefix="sg-bench-cluster-"))
         self.ports: list[int] = []
         self.procs: list[Proc] = []
-        for _ in range(6):
+        for _ in range(3 * (1 + replicas)):
             port = _free_pair()
             folder = self.dir / str(port)
             folder.mkdir()
@@ -74,7 +82,8 @@ class RedisCluster:
         for port, proc in zip(self.ports, self.procs, strict=True):
             wait_until(lambda port=port: self.node(port).ping(), 10.0, f"node {port} answering", proc)
         subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
-                        "--cluster-replicas", "1", "--cluster-yes"], capture_output=True, timeout=120, check=True)
+                        "--cluster-replicas", str(replicas), "--cluster-yes"],
+                       capture_output=True, timeout=120, check=True)
         wait_until(self._ok, 60.0, "cluster_state:ok on every node")
 
     def node(self, port: int) -> redis.Redis:
@@ -106,8 +115,13 @@ class RedisCluster:
                 total += int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
         return total
 
-    def cpu_seconds(self) -> float:
-        return sum(proc.cpu_seconds() for proc in self.procs)
+    def cpu_seconds(self, role: str | None = None) -> float:
+        """CPU time of every server, or of those whose replication role is ``role`` (master, slave)."""
+        total = 0.0
+        for port, proc in zip(self.ports, self.procs, strict=True):
+            if role is None or self.node(port).info("replication")["role"] == role:  # type: ignore[index]
+                total += proc.cpu_seconds()
+        return total
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -115,17 +129,21 @@ class RedisCluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _fresh_partitions(client: redis.RedisCluster, entries: int, chunk: int = 2000) -> None:
-    """``entries`` spread evenly over the partitions, the group at their ends (a sidecar started now sees nothing)."""
+def _fresh_partitions(cluster: RedisCluster, client: redis.RedisCluster, entries: int, chunk: int = 2000) -> float:
+    """``entries`` spread evenly over the partitions, the group at their ends (a sidecar started now sees
+    nothing); returns the primaries' CPU seconds per entry written (pipelined XADD, ``chunk`` at a time)."""
     for key in PARTITIONS:
         client.delete(key)
+    before = cluster.cpu_seconds("master")
     for start in range(0, entries, chunk):
         pipe = client.pipeline()  # type: ignore[no-untyped-call]
         for i in range(start, min(entries, start + chunk)):
             pipe.xadd(PARTITIONS[i % len(PARTITIONS)], entry_fields(i))
         pipe.execute()
+    written = (cluster.cpu_seconds("master") - before) / entries
     for key in PARTITIONS:
         client.xgroup_create(key, GROUP, id="$", mkstream=True)
+    return written
 
 
 def _drained(client: redis.RedisCluster) -> bool:
@@ -141,13 +159,13 @@ def cluster_saturation(cluster: RedisCluster, sink: Sink, entries: int, options:
                        timeout: float = 300.0) -> dict[str, Any]:
     """Like :func:`bench.scenarios.saturation`, for one sidecar in cluster mode over the partitions."""
     client = cluster.client()
-    _fresh_partitions(client, entries)
+    xadd_cpu = _fresh_partitions(cluster, client, entries)
     proc = SidecarProcess(cluster.seeds, sink.url, "bench-cluster",
                           {**options, "redis_mode": "cluster", "streams": ",".join(PARTITIONS)})
     try:
         proc.wait_ready()
         sink.reset()
-        cpu, redis_cpu = proc.proc.cpu_seconds(), cluster.cpu_seconds()
+        cpu, redis_cpu, primaries_cpu = proc.proc.cpu_seconds(), cluster.cpu_seconds(), cluster.cpu_seconds("master")
         cluster.reset_stats()
         for key in PARTITIONS:  # back to the start; one more entry each wakes the lanes' blocking reads
             client.xgroup_setid(key, GROUP, "0", entries_read=0)
@@ -168,6 +186,8 @@ def cluster_saturation(cluster: RedisCluster, sink: Sink, entries: int, options:
                 "verified": acked == total and sink.stats()["entries"] >= total,
                 "sidecar_cpu": (proc.proc.cpu_seconds() - cpu) / seconds,
                 "redis_cpu": (cluster.cpu_seconds() - redis_cpu) / seconds,
+                "primary_us_per_entry_consumed": (cluster.cpu_seconds("master") - primaries_cpu) / total * 1e6,
+                "primary_us_per_entry_written": xadd_cpu * 1e6,
                 "entries_per_xreadgroup": total / max(1, cluster.calls("xreadgroup")),
                 "entries_per_xack": total / max(1, cluster.calls("xack"))}
     finally:
@@ -182,6 +202,7 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=64, help="SG_MAX_IN_FLIGHT in per-entry mode")
     parser.add_argument("--batch-size", type=int, default=100, help="SG_BATCH_SIZE in batch mode")
     parser.add_argument("--batch-requests", type=int, default=8, help="batch requests in flight")
+    parser.add_argument("--replicas", type=int, default=0, choices=(0, 1), help="replicas per primary")
     parser.add_argument("--json", dest="json_path", help="also write every figure to this JSON file")
     a = parser.parse_args()
     modes = {
@@ -190,7 +211,7 @@ def main() -> None:
                    "max_in_flight": str(a.batch_size * a.batch_requests)}, a.entries * 3),
     }
     figures: dict[str, dict[str, list[dict[str, Any]]]] = {m: {"standalone": [], "cluster": []} for m in modes}
-    standalone, cluster, sink = RedisServer(), RedisCluster(), Sink()
+    standalone, cluster, sink = RedisServer(), RedisCluster(a.replicas), Sink()
     try:
         for n in range(a.repeat):
             for mode, (options, entries) in modes.items():
@@ -220,6 +241,16 @@ def main() -> None:
         print(f"| {mode} | {rate['standalone']:,.0f} | {rate['cluster']:,.0f} "
               f"| {rate['cluster'] / rate['standalone']:.2f}x | {cpu['standalone']:.1f} | {cpu['cluster']:.1f} "
               f"| {cpu['cluster'] / cpu['standalone']:.2f}x | {per['standalone']}; {per['cluster']} |")
+    print()
+    print(f"Per primary (3 primaries, {a.replicas} replica(s) each): server CPU per entry and the ceiling of one "
+          "primary's core for entries both written and consumed")
+    print("| Mode | µs written (XADD) | µs consumed (sidecar) | Entries/s per primary core |")
+    print("| --- | --- | --- | --- |")
+    for mode, by_kind in figures.items():
+        runs = by_kind["cluster"]
+        written = statistics.median(r["primary_us_per_entry_written"] for r in runs)
+        consumed = statistics.median(r["primary_us_per_entry_consumed"] for r in runs)
+        print(f"| {mode} | {written:.2f} | {consumed:.2f} | {1e6 / (written + consumed):,.0f} |")
     if a.json_path:
         Path(a.json_path).write_text(json.dumps(figures, indent=1, default=str))
 
