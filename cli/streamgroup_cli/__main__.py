@@ -14,7 +14,7 @@ from typing import Any, NoReturn, TextIO
 
 import redis
 
-from . import CLIError, dead_lettering, inspecting, producing, replaying, targeting, trimming
+from . import CLIError, dead_lettering, inspecting, placing, producing, replaying, targeting, trimming
 from .parsing import non_negative_int, parse_duration, positive_int
 from .rendering import write_json
 
@@ -137,6 +137,13 @@ def _parser() -> argparse.ArgumentParser:
     prod.add_argument("--partitions", type=_count, metavar="N",
                       help="how many partitions (default: the StreamGroup's, with --streamgroup)")
 
+    placement = command("partitions", "where each partition of a partitioned stream lives, and the slot moves "
+                                      "that give every primary its share")
+    placement.add_argument("stream", nargs="?", help="a partitioned stream's name (default: the StreamGroup's)")
+    placement.add_argument("--partitions", type=_count, metavar="N",
+                           help="how many partitions (default: the StreamGroup's, with --streamgroup)")
+    _output(placement, "table")
+
     trim = command("trim", "remove old entries, refusing to drop any a group has not read or acknowledged")
     trim.add_argument("stream")
     how = trim.add_mutually_exclusive_group(required=True)
@@ -209,6 +216,8 @@ def _run(args: argparse.Namespace, client: redis.Redis, target: targeting.Target
         count = producing.produce(client, args.stream, stdin, args.maxlen, partitions, args.partition_key)
         where = f"{partitions} partitions of " if partitions else ""
         print(f"added {count} entries to {where}{args.stream}", file=out)
+    elif args.command == "partitions":
+        _partitions(args, client, target, out)
     elif args.command == "trim":
         plan = trimming.plan(client, args.stream, args.maxlen, args.older_than)
         if plan.boundary is None:
@@ -222,6 +231,26 @@ def _run(args: argparse.Namespace, client: redis.Redis, target: targeting.Target
             message += (f"; {plan.removes - removed} older entries stay, since approximate trimming only removes "
                         "whole blocks (add --exact)")
         print(message, file=out)
+
+
+def _partitions(args: argparse.Namespace, client: redis.Redis, target: targeting.Target, out: TextIO) -> None:
+    if args.stream is None:
+        if args.partitions is not None:
+            raise CLIError("--partitions goes with a stream's name")
+        streams = dict(target.partitions)
+        if not streams:
+            raise CLIError("name a partitioned stream and --partitions, or use --streamgroup with partitionedStreams")
+    else:
+        count = args.partitions or target.partitions.get(args.stream)
+        if count is None:
+            raise CLIError(f"how many partitions has {args.stream!r}? give --partitions N")
+        streams = {args.stream: count}
+    found, primaries = placing.locate(client, streams, target.connection.mode == "cluster", target.label)
+    result = placing.report(found, primaries)
+    if args.output == "json":
+        write_json(out, result)
+    else:
+        placing.print_report(result, out)
 
 
 def _dead_letters(args: argparse.Namespace, client: redis.Redis, target: targeting.Target, out: TextIO) -> None:

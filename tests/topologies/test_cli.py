@@ -11,7 +11,7 @@ import pytest
 
 from streamgroup_cli.__main__ import main
 from streamgroup_core.deadletters import dead_letter_fields
-from streamgroup_core.partitions import partition_of
+from streamgroup_core.partitions import keyslot, partition_of
 from tests.support.redis_topologies import RedisCluster, RedisSentinel
 
 PARTITIONS = [f"orders:{{{n}}}" for n in range(6)]
@@ -118,3 +118,41 @@ class TestBehindSentinels:
             assert (row["group"], row["lag"]) == ("workers", 1)
         finally:
             sentinel.cleanup()
+
+
+class TestPlacement:
+    def test_partitions_shows_where_each_lives_and_its_moves_even_the_primaries_out(self) -> None:
+        with RedisCluster() as cluster:
+            target = ["--redis-mode", "cluster", "--redis-url", f"redis://{cluster.seeds}"]
+            data = cluster.client()
+            try:
+                for n in range(12):
+                    for _ in range(n):
+                        data.xadd(f"placed:{{{n}}}", {"n": str(n)})
+            finally:
+                data.close()
+            code, out = run(*target, "partitions", "placed", "--partitions", "12", "-o", "json")
+            assert code == 0, out
+            before = json.loads(out)
+            for row in before["partitions"]:
+                assert row["slot"] == keyslot(row["key"])
+                assert row["primary"] == f"127.0.0.1:{cluster.primary_of(row['key']).port}"
+                assert row["length"] == int(row["key"].split("{")[1].rstrip("}"))
+            assert len(before["primaries"]) == 3
+            # Tags 0..11 over three equal slot ranges land 3, 4 and 5 per primary.
+            assert sorted(p["partitions"] for p in before["primaries"].values()) == [3, 4, 5]
+            assert not before["even"] and before["moves"]
+            for move in before["moves"]:
+                cluster.migrate_slot(move["slot"], int(move["to"].rsplit(":", 1)[1]))
+            code, out = run(*target, "partitions", "placed", "--partitions", "12")
+            assert code == 0 and "even: every primary holds its share" in out, out
+            code, out = run(*target, "partitions", "placed", "--partitions", "12", "-o", "json")
+            after = json.loads(out)
+            assert [p["partitions"] for p in after["primaries"].values()] == [4, 4, 4]
+            assert sum(row["length"] for row in after["partitions"]) == sum(range(12))
+
+    def test_a_stream_without_a_partition_count_is_one_clear_error(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        code, _ = run("partitions", "placed")
+        assert code == 1 and "give --partitions N" in capsys.readouterr().err
