@@ -14,6 +14,8 @@ from typing import Any, NoReturn, TextIO
 
 import redis
 
+from streamgroup_core.partitions import partition_keys
+
 from . import CLIError, dead_lettering, inspecting, placing, producing, replaying, targeting, trimming
 from .parsing import non_negative_int, parse_duration, positive_int
 from .rendering import write_json
@@ -79,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     status = command("status", "lag, pending count, oldest pending age and consumers of each group")
     status.add_argument("streams", nargs="*", metavar="STREAM", help="stream keys (default: the StreamGroup's)")
     status.add_argument("--group", help="only this group (default: the StreamGroup's, else all)")
+    status.add_argument("--partitions", type=_count, metavar="N",
+                        help="the streams are partitioned streams' names: show their N partitions and the total")
     _output(status, "table")
 
     pending = command("pending", "entries read by a group but not acknowledged yet")
@@ -178,11 +182,31 @@ def _streams(given: Sequence[str], target: targeting.Target) -> list[str]:
     raise CLIError("name at least one stream, or use --streamgroup")
 
 
+def status_streams(args: argparse.Namespace, target: targeting.Target) -> list[tuple[str, list[str]]]:
+    """What ``status`` shows: each stream with its keys, a partitioned stream's name with its partitions."""
+    if args.partitions is not None:
+        if not args.streams:
+            raise CLIError("--partitions goes with a partitioned stream's name")
+        return [(name, partition_keys(name, args.partitions)) for name in args.streams]
+    if args.streams:
+        return [(name, partition_keys(name, target.partitions[name]) if name in target.partitions else [name])
+                for name in args.streams]
+    if not target.streams and not target.partitions:
+        raise CLIError("name at least one stream, or use --streamgroup")
+    partitioned = {key for name, count in target.partitions.items() for key in partition_keys(name, count)}
+    return ([(key, [key]) for key in target.streams if key not in partitioned]
+            + [(name, partition_keys(name, count)) for name, count in target.partitions.items()])
+
+
 def _run(args: argparse.Namespace, client: redis.Redis, target: targeting.Target, stdin: TextIO, out: TextIO) -> None:
     if args.command == "status":
         group = args.group or target.group
-        rows = [row for stream in _streams(args.streams, target)
-                for row in inspecting.group_status(client, stream, group)]
+        rows = []
+        for stream, keys in status_streams(args, target):
+            found = [row for key in keys for row in inspecting.group_status(client, key, group)]
+            rows.extend(found)
+            if keys != [stream]:
+                rows.extend(inspecting.partition_total(stream, found))
         if args.output == "json":
             write_json(out, rows)
         else:

@@ -60,10 +60,36 @@ def group_status(client: redis.Redis, stream: str, group_filter: str | None = No
     return rows
 
 
+def partition_total(name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per group summing a partitioned stream's partition rows: lag and pending added up (lag
+    unknown if any partition's is), the oldest pending entry of any partition, each consumer's pending
+    summed and its shortest idle time. Marked by ``partitions``, the number of partition rows it sums."""
+    totals: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        total = totals.setdefault(row["group"], {
+            "stream": name, "group": row["group"], "partitions": 0, "lag": 0, "pending": 0,
+            "oldest_pending_age_seconds": None, "consumers": {}})
+        total["partitions"] += 1
+        total["lag"] = None if total["lag"] is None or row["lag"] is None else total["lag"] + row["lag"]
+        total["pending"] += row["pending"]
+        oldest = row["oldest_pending_age_seconds"]
+        if oldest is not None:
+            total["oldest_pending_age_seconds"] = max(oldest, total["oldest_pending_age_seconds"] or 0.0)
+        for consumer in row["consumers"]:
+            seen = total["consumers"].setdefault(consumer["name"], {**consumer, "pending": 0})
+            seen["pending"] += consumer["pending"]
+            seen["idle_seconds"] = min(seen["idle_seconds"], consumer["idle_seconds"])
+    return [{**total, "consumers": list(total["consumers"].values())} for total in totals.values()]
+
+
+def _stream_label(row: dict[str, Any]) -> str:
+    return f"{row['stream']} (total of {row['partitions']})" if "partitions" in row else str(row["stream"])
+
+
 def print_status(rows: list[dict[str, Any]], out: TextIO) -> None:
     write_table(out, ["STREAM", "GROUP", "LAG", "PENDING", "OLDEST", "CONSUMERS (pending, idle)"], (
         [
-            row["stream"], row["group"], "?" if row["lag"] is None else str(row["lag"]), str(row["pending"]),
+            _stream_label(row), row["group"], "?" if row["lag"] is None else str(row["lag"]), str(row["pending"]),
             duration(row["oldest_pending_age_seconds"]),
             ", ".join(f"{c['name']} ({c['pending']}, {duration(c['idle_seconds'])})" for c in row["consumers"]) or "-",
         ]

@@ -48,6 +48,27 @@ class TestOnACluster:
         code, out = run(*target, "pending", *PARTITIONS, "--group", "workers", "-o", "json")
         assert code == 0 and {row["stream"] for row in json.loads(out)} == set(PARTITIONS)
 
+    def test_status_of_a_partitioned_stream_shows_each_partition_and_their_total(self, cluster: RedisCluster) -> None:
+        target = ["--redis-mode", "cluster", "--redis-url", f"redis://{cluster.seeds}"]
+        data = cluster.client()
+        try:
+            for n in range(4):
+                key = f"totals:{{{n}}}"
+                data.xgroup_create(key, "workers", id="0", mkstream=True)
+                for _ in range(n + 2):
+                    data.xadd(key, {"n": str(n)})
+                data.xreadgroup("workers", f"pod-{n % 2}", {key: ">"}, count=1)  # one pending, n + 1 lag each
+        finally:
+            data.close()
+        code, out = run(*target, "status", "totals", "--partitions", "4", "--group", "workers", "-o", "json")
+        assert code == 0, out
+        *partitions, total = json.loads(out)
+        assert [row["stream"] for row in partitions] == [f"totals:{{{n}}}" for n in range(4)]
+        assert (total["stream"], total["partitions"], total["lag"], total["pending"]) == ("totals", 4, 1 + 2 + 3 + 4, 4)
+        assert {c["name"]: c["pending"] for c in total["consumers"]} == {"pod-0": 2, "pod-1": 2}
+        code, out = run(*target, "status", "totals", "--partitions", "4", "--group", "workers")
+        assert "totals (total of 4)" in out.splitlines()[-1], out
+
     def test_produce_then_replay_a_partition(self, cluster: RedisCluster) -> None:
         target = ["--redis-mode", "cluster", "--redis-url", f"redis://{cluster.seeds}"]
         code, out = run(*target, "produce", "refunds:{4}", stdin='{"a": "1"}\n{"a": "2"}\n')

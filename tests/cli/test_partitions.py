@@ -1,12 +1,16 @@
-"""The placement plan for partitioned streams: after its moves every primary holds its share."""
+"""Partitioned streams in the CLI: the placement plan evens the primaries out; status shows partitions and totals."""
 
 from __future__ import annotations
 
+import argparse
 import random
 
 import pytest
 
+from streamgroup_cli.__main__ import status_streams
 from streamgroup_cli.placing import Partition, plan
+from streamgroup_cli.targeting import Target
+from streamgroup_core.connecting import Endpoint
 from streamgroup_core.partitions import keyslot, partition_keys
 
 
@@ -64,3 +68,14 @@ class TestPlan:
         assert len(moves) == 1 and moves[0].target == "b"
         tag = moves[0].keys[0].split(":", 1)[1]
         assert sorted(moves[0].keys) == [f"orders:{tag}", f"refunds:{tag}"]
+
+
+class TestStatusOfAStreamGroup:
+    def test_a_partitioned_stream_is_shown_as_its_partitions_and_their_total(self) -> None:
+        target = Target(Endpoint(), "StreamGroup shop/orders", streams=("refunds", *partition_keys("orders", 3)),
+                        partitions={"orders": 3})
+        assert status_streams(argparse.Namespace(streams=[], partitions=None), target) == [
+            ("refunds", ["refunds"]), ("orders", ["orders:{0}", "orders:{1}", "orders:{2}"])]
+        assert status_streams(argparse.Namespace(streams=["orders"], partitions=None), target) == [
+            ("orders", ["orders:{0}", "orders:{1}", "orders:{2}"])]
+        assert status_streams(argparse.Namespace(streams=["x"], partitions=2), target) == [("x", ["x:{0}", "x:{1}"])]
