@@ -201,7 +201,12 @@ def _chosen(client: redis.Redis, dlq: str, ids: Sequence[str]) -> list[DeadLette
 
 
 def redrive(client: redis.Redis, dlq: str, ids: Sequence[str] | None, to: str | None) -> Redriven:
-    """Re-add the original fields of the given (``ids``) or all (``None``) dead letters, deleting each one."""
+    """Re-add the original fields of the given (``ids``) or all (``None``) dead letters, deleting each one.
+
+    All of none is nothing to do: a dead-letter stream that was never written does not exist, the same
+    as an empty one. Given IDs that are not there are an error (someone expected them)."""
+    if ids is None and not client.exists(dlq):
+        return Redriven()
     require_stream(client, dlq)
     result = Redriven()
     if ids is not None:
@@ -308,7 +313,8 @@ def purge(
             f" ({len(absent)} of the given IDs are not there)" if absent else "")
     elif everything:
         newest = last_id(client, dlq)
-        what = f"all {client.xlen(dlq)} dead letters"
+        held = int(client.xlen(dlq))  # type: ignore[arg-type]
+        what = f"all {held} dead letters" if held != 1 else "the only dead letter"
     else:
         assert older_than_seconds is not None
         cutoff_ms = max(0, int(((time.time() if now is None else now) - older_than_seconds) * 1000))

@@ -259,6 +259,10 @@ async def live_peers(client: aioredis.Redis, stream: str, group: str, consumer: 
     return [name for idle, name in sorted(peers) if name != consumer and idle <= max_idle_ms]
 
 
+TRIMMED_DETAIL = "deleted from the stream before it was delivered"
+"""The detail of every ``trimmed`` dead letter, however the sidecar found the entry gone."""
+
+
 async def record_trimmed(
     client: aioredis.Redis, stream: str, dead_stream: str, group: str, consumer: str, ids: list[str]
 ) -> None:
@@ -267,7 +271,7 @@ async def record_trimmed(
         for entry_id in ids:
             # The delivery count is unknown: XAUTOCLAIM does not say.
             fields = dead_letter_fields(stream, entry_id, None, group=group, consumer=consumer, deliveries=0,
-                                        reason="trimmed", detail="deleted from the stream before it was delivered",
+                                        reason="trimmed", detail=TRIMMED_DETAIL,
                                         time_ms=int(time.time() * 1000))
             pipe.xadd(dead_stream, dict(zip(fields[::2], fields[1::2], strict=True)))
         await pipe.execute()

@@ -22,6 +22,7 @@ import time
 from streamgroup_core.ids import entry_ms
 
 from .acking import Acker
+from .commands import TRIMMED_DETAIL
 from .config import RetrySettings, Settings
 from .dead_lettering import DeadLetters
 from .delivering import Deliverer
@@ -135,7 +136,7 @@ class Workers:
         ready = []
         for entry in batch:
             if entry.fields is None:
-                await self._dead_letters.write(entry, "trimmed", "entry was deleted from the stream before delivery")
+                await self._dead_letters.write(entry, "trimmed", TRIMMED_DETAIL)
                 tracker.finish(entry)
             elif tracker.is_lost(entry):
                 tracker.finish(entry)  # a peer owns it now

@@ -124,6 +124,15 @@ class TestRedriving:
         assert refused.code == 1 and "has no original fields (reason trimmed)" in refused.err
         assert with_payload not in dead_ids(client)
 
+    def test_redriving_all_of_a_dead_letter_stream_that_was_never_written_does_nothing_and_succeeds(
+        self, redis_server: RedisServer, cli: Run
+    ) -> None:
+        result = cli("dead-letters", "redrive", "orders:dead", "--all")
+        assert (result.code, result.out, result.err) == (0, "re-drove nothing from orders:dead\n", "")
+        assert not redis_server.client().exists("orders:dead")
+        given = cli("dead-letters", "redrive", "orders:dead", "--ids", "1-1")
+        assert given.code == 1 and "orders:dead" in given.err
+
     def test_a_missing_destination_stream_is_refused(self, redis_server: RedisServer, cli: Run) -> None:
         client = redis_server.client()
         orders(client)
@@ -144,6 +153,10 @@ class TestPurging:
         assert result.err == "streamgroup: purge would delete all 2 dead letters from orders:dead for good; " \
                              "add --yes to do it\n"
         assert client.xlen("orders:dead") == 2
+        client.xdel("orders:dead", dead_ids(client)[0])
+        one = cli("dead-letters", "purge", "orders:dead", "--all")
+        assert one.err == "streamgroup: purge would delete the only dead letter from orders:dead for good; " \
+                          "add --yes to do it\n"
 
     def test_purge_all_empties_the_dead_letter_stream(self, redis_server: RedisServer, cli: Run) -> None:
         client = redis_server.client()
