@@ -49,8 +49,9 @@ class StreamGroupCollector(Collector):
             "dead": GaugeMetricFamily("streamgroup_dead_letter_length", "Entries in the dead-letter stream.",
                                       labels=stream_labels),
             "read": GaugeMetricFamily("streamgroup_entries_read",
-                                      "Entries the group has read so far (XINFO GROUPS entries-read); its rate is "
-                                      "the group's read throughput.", labels=stream_labels),
+                                      "Entries the group has read so far (XINFO GROUPS entries-read; 0 for a group "
+                                      "that has delivered nothing); its rate is the group's read throughput.",
+                                      labels=stream_labels),
             "group_ready": GaugeMetricFamily("streamgroup_group_exists",
                                              "1 when the consumer group exists on the stream.", labels=stream_labels),
         }
