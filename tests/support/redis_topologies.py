@@ -417,6 +417,36 @@ class RedisSentinel:
         self.sentinel_client(self.sentinels[0]).execute_command("SENTINEL", "FAILOVER", self.master_name)
         return int(_wait(lambda: (port := self.primary_port()) != before and port, timeout, "a new primary"))
 
+    def kill_primary(self, timeout: float = 30.0) -> tuple[int, int]:
+        """SIGKILL the primary, as a crash would; returns (its port, the promoted replica's port) once the
+        sentinels report the new primary."""
+        before = self.primary_port()
+        self.node(before).kill()
+        after = int(_wait(lambda: (port := self.primary_port()) != before and port, timeout, "a promoted replica"))
+        # Only then may it restart: a sentinel that has not heard of the failover yet would send clients to
+        # a restarted old primary, and without persistence that one is empty (README, "What replication
+        # means for you"). Kubernetes gives the same guarantee with a startup delay, or persistence.
+        _wait(lambda: self.primary_ports() == {after}, timeout, "every sentinel naming the promoted replica")
+        return before, after
+
+    def primary_ports(self) -> set[int]:
+        """The primary's port according to each live sentinel."""
+        return {int(self.sentinel_client(node).execute_command(
+                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)[1])
+                for node in self.sentinels if node.alive()}
+
+    def restart(self, port: int, timeout: float = 30.0) -> None:
+        """Start a killed data node again (as Kubernetes restarts a pod); the sentinels make it a replica of
+        the new primary. Returns once it is one, in sync, so writes can be counted again (WAIT 1)."""
+        node = self.node(port)
+        node.start()
+        _wait(lambda: self.data_client(node).ping(), 10, f"node {port} answering")
+
+        def replicating() -> bool:
+            info = self.data_client(node).info("replication")
+            return info.get("role") == "slave" and info.get("master_link_status") == "up"
+        _wait(replicating, timeout, f"node {port} a replica in sync")
+
     def node(self, port: int) -> _Node:
         return next(node for node in (self.primary, self.replica) if node.port == port)
 
