@@ -1,19 +1,29 @@
-"""The container image: its build steps, replayed here (no Docker engine), make working commands.
+"""The container image: its build steps, replayed here (no Docker engine), make working commands
+from exactly the locked packages.
 
-The test reads the Dockerfile itself, so it checks the steps the image really runs: the files
-the build stage copies and its RUN line, with the venv path moved into a temporary folder.
+The tests read the Dockerfile itself, so they check the steps the image really runs: the files the
+build stage copies and its RUN lines, in order, with the venv path moved into a temporary folder.
+The locks (requirements/, made by hack/lock.sh) are checked offline against pyproject.toml, and the
+replayed build proves they hold every package the image needs and nothing else.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
+from collections.abc import Iterable
+from importlib.metadata import Distribution, distributions
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_IN_IMAGE = "/opt/streamgroup"
@@ -22,6 +32,79 @@ VENV_IN_IMAGE = "/opt/streamgroup"
 def stages() -> list[str]:
     text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
     return re.split(r"(?m)^FROM ", text)[1:]
+
+
+def load_locking() -> ModuleType:
+    """hack/lock.py, which writes and checks the locks (hack/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("streamgroup_hack_lock", REPO / "hack" / "lock.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+locking = load_locking()
+LOCK = {lock.path: lock for lock in locking.LOCKS}
+
+
+def pip_installs(stage: str) -> list[list[str]]:
+    """The arguments of every `pip install` in a stage's RUN lines."""
+    commands = [command.split() for line in stage.splitlines() if line.startswith("RUN ")
+                for command in line.removeprefix("RUN ").split("&&")]
+    return [words[words.index("install") + 1:] for words in commands
+            if "install" in words and words[words.index("install") - 1].endswith("pip")]
+
+
+def needed(installed: dict[str, Distribution], roots: Iterable[Requirement]) -> tuple[set[str], set[str]]:
+    """The distributions the roots need, transitively, with markers evaluated for this interpreter (which
+    made the venv), extras followed; and the names needed but not installed."""
+    found: set[str] = set()
+    missing: set[str] = set()
+    seen: set[tuple[str, str]] = set()
+    todo = [(canonicalize_name(root.name), extra) for root in roots for extra in ("", *root.extras)]
+    while todo:
+        name, extra = todo.pop()
+        if (name, extra) in seen:
+            continue
+        seen.add((name, extra))
+        if name not in installed:
+            missing.add(name)
+            continue
+        found.add(name)
+        for text in installed[name].requires or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": extra}):
+                todo += [(canonicalize_name(requirement.name), sub) for sub in ("", *requirement.extras)]
+    return found, missing
+
+
+@pytest.fixture(scope="class")
+def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The build stage replayed: its COPY and RUN lines in order, the image's venv in a temporary folder."""
+    build, _ = stages()
+    tmp_path = tmp_path_factory.mktemp("image")
+    src = tmp_path / "src"
+    src.mkdir()
+    venv = tmp_path / "venv"
+    for line in build.splitlines():
+        parts = line.split()
+        if parts[:1] == ["COPY"]:
+            *sources, _ = parts[1:]
+            for source in sources:
+                path = REPO / source
+                if path.is_dir():
+                    shutil.copytree(path, src / source, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+                else:
+                    shutil.copy2(path, src / source)
+        elif parts[:1] == ["RUN"]:
+            # This interpreter makes the venv, so the markers evaluated here are the venv's.
+            script = line.strip()[4:].replace(VENV_IN_IMAGE, str(venv)).replace("python -m venv",
+                                                                                 f"{sys.executable} -m venv")
+            result = subprocess.run(["bash", "-ec", script], cwd=src, capture_output=True, text=True, timeout=600,
+                                    env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+            assert result.returncode == 0, script + "\n" + result.stdout[-3000:] + result.stderr[-3000:]
+    return venv
 
 
 class TestDockerfile:
@@ -34,26 +117,8 @@ class TestDockerfile:
         assert f"COPY --from=build {VENV_IN_IMAGE} {VENV_IN_IMAGE}" in lines
 
     @pytest.mark.slow
-    def test_replaying_the_build_steps_gives_working_sidecar_operator_and_cli_commands(self, tmp_path: Path) -> None:
-        build, _ = stages()
-        src = tmp_path / "src"
-        src.mkdir()
-        for line in build.splitlines():
-            parts = line.split()
-            if parts[:1] == ["COPY"]:
-                *sources, _ = parts[1:]
-                for source in sources:
-                    path = REPO / source
-                    if path.is_dir():
-                        shutil.copytree(path, src / source, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-                    else:
-                        shutil.copy2(path, src / source)
-        [run] = [line.strip()[4:] for line in build.splitlines() if line.strip().startswith("RUN ")]
-        venv = tmp_path / "venv"
-        script = run.replace(VENV_IN_IMAGE, str(venv)).replace("python -m venv", f"{shutil.which('python3')} -m venv")
-        result = subprocess.run(["bash", "-ec", script], cwd=src, capture_output=True, text=True, timeout=600,
-                                env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    def test_replaying_the_build_steps_gives_working_sidecar_operator_and_cli_commands(self, image_venv: Path) -> None:
+        venv = image_venv
         bin_dir = venv / "bin"
         help_text = subprocess.run([bin_dir / "streamgroup-sidecar", "--help"], capture_output=True, text=True,
                                    timeout=60)
@@ -70,6 +135,81 @@ class TestDockerfile:
         metadata = (dist_info / "METADATA").read_text()
         assert "License-Expression: Apache-2.0" in metadata.splitlines() and "License-File: LICENSE" in metadata
         assert (dist_info / "licenses" / "LICENSE").read_text() == (REPO / "LICENSE").read_text()
+
+    @pytest.mark.slow
+    def test_the_replayed_image_holds_exactly_the_locked_packages_and_everything_they_need(
+            self, image_venv: Path) -> None:
+        [site] = image_venv.glob("lib/python*/site-packages")
+        installed = {canonicalize_name(dist.metadata["Name"]): dist for dist in distributions(path=[str(site)])}
+        pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+        project = Requirement(f"streamgroup[{','.join(locking.IMAGE_EXTRAS)}]")
+        for lock, roots in [("requirements/image.txt", [project]),
+                            ("requirements/build.txt", [Requirement(text) for text in
+                                                        LOCK["requirements/build.txt"].requirements(pyproject)])]:
+            pins = [pin for pin in locking.parse((REPO / lock).read_text())
+                    if pin.requirement.marker is None or pin.requirement.marker.evaluate({"extra": ""})]
+            found, missing = needed(installed, roots)
+            assert missing == set(), f"{lock} lacks what the image needs"
+            assert found - {"streamgroup"} == {pin.name for pin in pins}, f"{lock} is not exactly what is needed"
+            assert {name: installed[name].version for name in found - {"streamgroup"}} == {
+                pin.name: pin.version for pin in pins}
+        locked = {pin.name for lock in locking.LOCKS for pin in locking.parse((REPO / lock.path).read_text())}
+        assert set(installed) - locked == {"streamgroup"}, "the venv holds only the locked packages and the project"
+
+
+class TestLocks:
+    """The locks of requirements/, made by hack/lock.sh: current with pyproject.toml, hashed, installed."""
+
+    def test_the_locks_are_current_with_pyproject_and_pin_every_package_with_hashes(self) -> None:
+        assert locking.check() == [], "relock with: bash hack/lock.sh"
+        for lock in locking.LOCKS:
+            pins = locking.parse((REPO / lock.path).read_text())
+            assert pins and all(pin.version and pin.hashes for pin in pins)
+
+    def test_the_check_finds_a_lock_made_from_another_pyproject_or_without_hashes(self) -> None:
+        pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+        image = LOCK["requirements/image.txt"]
+        text = (REPO / image.path).read_text()
+        stale = "was not locked from today's pyproject.toml"
+
+        reformatted = tomllib.loads((REPO / "pyproject.toml").read_text())
+        reformatted["project"]["dependencies"] = [" ".join(req.split()) for req in
+                                                  reversed(pyproject["project"]["dependencies"])]
+        assert locking.problems(image, reformatted, text) == [], "order and spacing change no requirement"
+
+        grown = tomllib.loads((REPO / "pyproject.toml").read_text())
+        grown["project"]["optional-dependencies"]["operator"].append("left-pad>=1")
+        assert [stale in found for found in locking.problems(image, grown, text)] == [True, False]
+        assert locking.problems(image, grown, text)[1].endswith("left-pad>=1 is not locked")
+
+        [aiohttp] = [pin for pin in locking.parse(text) if pin.name == "aiohttp"]
+        narrowed = tomllib.loads((REPO / "pyproject.toml").read_text())
+        narrowed["project"]["dependencies"] = [f"aiohttp>{aiohttp.version}" if req.startswith("aiohttp") else req
+                                               for req in pyproject["project"]["dependencies"]]
+        assert locking.problems(image, narrowed, text)[1:] == [
+            f"{image.path}: aiohttp>{aiohttp.version} is locked at {aiohttp.version}, which it does not allow"]
+
+        unhashed = re.sub(r"(?m)^(aiohttp==\S+) \\\n(\s+--hash=\S+ \\\n)*\s+--hash=\S+\n", r"\1\n", text)
+        assert unhashed != text
+        assert locking.problems(image, pyproject, unhashed) == [
+            f"{image.path}: aiohttp=={aiohttp.version} has no hashes"]
+
+    def test_the_locks_target_the_python_of_the_base_image(self) -> None:
+        for stage in stages():
+            assert stage.startswith(f"python:{locking.PYTHON_VERSION}-"), stage.splitlines()[0]
+
+    def test_the_build_installs_every_lock_with_hashes_and_wheels_only_then_the_project_without_dependencies(
+            self) -> None:
+        build, _ = stages()
+        installs = pip_installs(build)
+        assert sorted(args[-2:] for args in installs[:-1]) == sorted(["-r", lock.path] for lock in locking.LOCKS)
+        assert installs[-1][-2:] == ["--no-build-isolation", "."], "built by the locked setuptools"
+        for args in installs[:-1]:
+            assert "--require-hashes" in args, "every file checked against its locked hash"
+            assert args[args.index("--only-binary") + 1] == ":all:", "no sdist built with unlocked build dependencies"
+        assert "--no-deps" in installs[-1], "every dependency comes from the locks"
+        copied = [line.split()[1] for line in build.splitlines() if line.startswith("COPY ")]
+        assert copied[0] == "requirements", "the locks alone first: their layer survives code changes"
 
 
 class TestLicense:
