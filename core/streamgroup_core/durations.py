@@ -9,6 +9,7 @@ meant as milliseconds would wait eight hours before reclaiming.
 
 from __future__ import annotations
 
+import math
 import re
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -24,6 +25,10 @@ def parse_duration(text: str) -> float:
     """Seconds in ``text`` (never negative: there is no sign in the syntax)."""
     compact = text.strip().lower().replace(" ", "")
     if compact and not _PART.sub("", compact):
-        return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in _PART.findall(compact))
+        seconds = sum(float(number) * _UNIT_SECONDS[unit] for number, unit in _PART.findall(compact))
+        # Hundreds of digits overflow the float: an infinite timeout or back-off is no duration.
+        if not math.isfinite(seconds):
+            raise InvalidDuration(f"{text!r} is too large a duration")
+        return seconds
     hint = "; add a unit" if compact.replace(".", "", 1).isdigit() else ""
     raise InvalidDuration(f"{text!r} is not {SYNTAX}{hint}")

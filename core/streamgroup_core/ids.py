@@ -10,11 +10,13 @@ a replay or a trim by hours.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 MAX_PART = 2**64 - 1
 """The largest millisecond or sequence part Redis accepts."""
 _ID_RE = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
 
 
 class InvalidEntryID(ValueError):
@@ -41,9 +43,13 @@ def format_id(ms: int, seq: int) -> str:
 
 
 def next_id(entry_id: str) -> str:
-    """The smallest ID after ``entry_id``."""
+    """The smallest ID after ``entry_id``; :class:`InvalidEntryID` after the largest one Redis accepts."""
     ms, seq = parse_id(entry_id)
-    return format_id(ms, seq + 1) if seq < MAX_PART else format_id(ms + 1, 0)
+    if seq < MAX_PART:
+        return format_id(ms, seq + 1)
+    if ms == MAX_PART:
+        raise InvalidEntryID(f"{entry_id!r} is the largest stream entry ID: no ID comes after it")
+    return format_id(ms + 1, 0)
 
 
 def entry_ms(entry_id: str) -> int:
@@ -60,7 +66,9 @@ def parse_time_ms(text: str) -> int:
                              ) from None
     if moment.tzinfo is None:
         raise InvalidEntryID(f"{text!r} has no time zone; add Z or an offset such as +02:00")
-    ms = int(moment.timestamp() * 1000)
+    # In integers: timestamp() is a float, a millisecond off for some times (3059-01-01T00:00:00.046Z
+    # gave ...045), and truncating towards zero took the last half millisecond of 1969 for 1970.
+    ms = (moment - _EPOCH) // _MS
     if ms < 0:
         raise InvalidEntryID(f"{text!r} is before 1970, before any stream entry")
     return ms
