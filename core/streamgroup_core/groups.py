@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from .ids import parse_id
+from .permissions import naming
 
 _LEAVE_SCRIPT = """
 local mine = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
@@ -37,7 +38,8 @@ async def ensure_group(client: aioredis.Redis, stream: str, group: str, start: s
     An existing group is left exactly where it is: moving it silently would skip or replay entries.
     """
     try:
-        await client.xgroup_create(stream, group, id=start, mkstream=True)
+        with naming("XGROUP CREATE", stream):
+            await client.xgroup_create(stream, group, id=start, mkstream=True)
     except ResponseError as exc:
         if str(exc).startswith("BUSYGROUP"):
             return False
@@ -48,7 +50,8 @@ async def ensure_group(client: aioredis.Redis, stream: str, group: str, start: s
 async def group_info(client: aioredis.Redis, stream: str, group: str) -> dict[str, Any] | None:
     """This group's row of XINFO GROUPS, or ``None`` if the stream or group does not exist."""
     try:
-        rows = await client.xinfo_groups(stream)
+        with naming("XINFO GROUPS", stream):
+            rows = await client.xinfo_groups(stream)
     except ResponseError as exc:
         if "no such key" in str(exc).lower():
             return None
@@ -61,7 +64,8 @@ async def group_info(client: aioredis.Redis, stream: str, group: str) -> dict[st
 
 async def oldest_pending_age(client: aioredis.Redis, stream: str, group: str) -> float | None:
     """Seconds since the oldest pending entry was added (from its ID), or ``None`` with nothing pending."""
-    summary = await client.xpending(stream, group)
+    with naming("XPENDING", stream):
+        summary = await client.xpending(stream, group)
     oldest = summary.get("min")
     if not summary.get("pending") or not oldest:
         return None
@@ -70,7 +74,8 @@ async def oldest_pending_age(client: aioredis.Redis, stream: str, group: str) ->
 
 
 async def own_pending_ids(client: aioredis.Redis, stream: str, group: str, consumer: str, count: int) -> list[str]:
-    rows = await client.xpending_range(stream, group, min="-", max="+", count=count, consumername=consumer)
+    with naming("XPENDING", stream):
+        rows = await client.xpending_range(stream, group, min="-", max="+", count=count, consumername=consumer)
     return [text(row["message_id"]) for row in rows]
 
 
@@ -78,11 +83,13 @@ async def hand_over(
     client: aioredis.Redis, stream: str, group: str, peer: str, ids: list[str], idle_ms: int
 ) -> int:
     """Move ``ids`` to ``peer``, marked idle for ``idle_ms`` so that its next sweep takes them at once."""
-    claimed = await client.xclaim(stream, group, peer, 0, list[Any](ids), idle=idle_ms, justid=True)
+    with naming("XCLAIM", stream):
+        claimed = await client.xclaim(stream, group, peer, 0, list[Any](ids), idle=idle_ms, justid=True)
     return len(claimed)
 
 
 async def leave_group(client: aioredis.Redis, stream: str, group: str, consumer: str) -> bool:
     """Delete ``consumer`` from the group if it has nothing pending; ``True`` if it is gone."""
-    result = await client.eval(_LEAVE_SCRIPT, 1, stream, group, consumer)  # type: ignore[misc]
+    with naming("EVAL (leave script: XPENDING, XGROUP DELCONSUMER)", stream):
+        result = await client.eval(_LEAVE_SCRIPT, 1, stream, group, consumer)  # type: ignore[misc]
     return bool(result)

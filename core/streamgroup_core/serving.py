@@ -29,12 +29,14 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
-def make_app(registry: CollectorRegistry, readiness: Checks, liveness: Checks) -> WSGIApp:
+def make_app(registry: CollectorRegistry, readiness: Checks, liveness: Checks,
+             problems: Callable[[], list[str]] | None = None) -> WSGIApp:
+    """``problems``: sentences ``/readyz`` adds to its checks (e.g. which command Redis refuses), if any."""
     metrics = make_wsgi_app(registry)
 
-    def report(checks: dict[str, bool], start_response: StartResponse) -> list[bytes]:
+    def report(checks: dict[str, bool], start_response: StartResponse, notes: list[str] | None = None) -> list[bytes]:
         ok = all(checks.values())
-        body = json.dumps({"ok": ok, **checks}).encode()
+        body = json.dumps({"ok": ok, **checks, **({"problems": notes} if notes else {})}).encode()
         start_response("200 OK" if ok else "503 Service Unavailable",
                        [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]
@@ -47,7 +49,7 @@ def make_app(registry: CollectorRegistry, readiness: Checks, liveness: Checks) -
         if path == "/healthz":
             return report(liveness(), start_response)
         if path == "/readyz":
-            return report(readiness(), start_response)
+            return report(readiness(), start_response, problems() if problems else None)
         if path == "/metrics":
             result: Iterable[bytes] = metrics(environ, start_response)
             return result

@@ -8,7 +8,10 @@ grow instead of one round trip per entry; when acks are rare it goes at once, sp
 wake-up per entry. If Redis is down the IDs
 stay in memory (few: nothing new is read while Redis is down, so at most the entries
 that were in flight) and are sent when it comes back; an entry whose ack is lost
-stays pending and is delivered again, never dropped.
+stays pending and is delivered again, never dropped. An ID is held once however often it is
+acked meanwhile, and :meth:`Acker.holds` tells the reclaimer which of its own pending entries are
+done already (their ack is waiting): those are not delivered again when XACK keeps failing
+(Redis refusing it to the sidecar's user, say) and XAUTOCLAIM keeps handing them back.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ class Acker:
         self._on_batch = on_batch
         self._retry_delay = retry_delay
         self._buffer: defaultdict[str, list[str]] = defaultdict(list)
+        self._held: set[tuple[str, str]] = set()
+        """(stream, ID) of every ack buffered or on the wire."""
         self._count = 0
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
@@ -44,10 +49,19 @@ class Acker:
 
     def ack(self, stream: str, entry_ids: list[str]) -> None:
         """Queue XACKs for ``entry_ids`` of ``stream``: they go with the next round trip."""
-        self._buffer[stream].extend(entry_ids)
-        self._count += len(entry_ids)
+        held = self._held
+        new = [entry_id for entry_id in entry_ids if (stream, entry_id) not in held]
+        if not new:
+            return
+        held.update((stream, entry_id) for entry_id in new)
+        self._buffer[stream].extend(new)
+        self._count += len(new)
         self._idle.clear()
         self._wakeup.set()
+
+    def holds(self, stream: str, entry_id: str) -> bool:
+        """Whether the ack of ``entry_id`` is waiting to be sent (or on the wire): the entry is done."""
+        return (stream, entry_id) in self._held
 
     async def run(self) -> None:
         """Flush for ever; cancel to stop (call :meth:`flush` first to send what is left)."""
@@ -80,6 +94,8 @@ class Acker:
             await asyncio.sleep(self._retry_delay)
             self._wakeup.set()
             return
+        for stream, ids in batch.items():
+            self._held.difference_update((stream, entry_id) for entry_id in ids)
         self._on_batch()
         if self._count:
             self._wakeup.set()

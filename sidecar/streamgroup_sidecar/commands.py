@@ -37,6 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from streamgroup_core.connecting import Endpoint, Pem, Sentinels, Tls, async_client
 from streamgroup_core.deadletters import dead_letter_fields
 from streamgroup_core.groups import text as _text
+from streamgroup_core.permissions import naming
 
 from .config import RedisSettings
 from .entries import Entry, Fields
@@ -170,8 +171,9 @@ async def read(
     names: dict[bytes, str],
 ) -> list[Entry]:
     """One XREADGROUP across streams. ``">"`` positions read new entries; IDs read our own pending list."""
-    reply = await client.execute_command(  # type: ignore[no-untyped-call]
-        *_xreadgroup(group, consumer, positions, count, block_ms))
+    with naming("XREADGROUP", *positions):
+        reply = await client.execute_command(  # type: ignore[no-untyped-call]
+            *_xreadgroup(group, consumer, positions, count, block_ms))
     return parse_read(reply, names)
 
 
@@ -202,7 +204,9 @@ async def read_slot(
     """
     await client.initialize()  # at once unless a failure made it drop its map of the slots
     node = client.get_node_from_key(next(iter(positions)))
-    reply = await client.execute_command(*_xreadgroup(group, consumer, positions, count, block_ms), target_nodes=node)
+    with naming("XREADGROUP", *positions):
+        reply = await client.execute_command(*_xreadgroup(group, consumer, positions, count, block_ms),
+                                             target_nodes=node)
     return parse_read(reply, names)
 
 
@@ -210,7 +214,8 @@ async def pending_counts(
     client: aioredis.Redis, stream: str, group: str, consumer: str, first: str, last: str, count: int
 ) -> dict[str, int]:
     """Delivery counts of our own pending entries between two IDs (after a history read bumped them)."""
-    rows = await client.xpending_range(stream, group, min=first, max=last, count=count, consumername=consumer)
+    with naming("XPENDING", stream):
+        rows = await client.xpending_range(stream, group, min=first, max=last, count=count, consumername=consumer)
     return {_text(row["message_id"]): int(row["times_delivered"]) for row in rows}
 
 
@@ -235,8 +240,9 @@ async def autoclaim(
     Redis removes deleted (trimmed) IDs from the pending list in the same call, so they
     must be recorded by the caller: they can no longer be delivered.
     """
-    reply = await client.execute_command(  # type: ignore[no-untyped-call]
-        "XAUTOCLAIM", stream, group, consumer, min_idle_ms, cursor, "COUNT", count)
+    with naming("XAUTOCLAIM", stream):
+        reply = await client.execute_command(  # type: ignore[no-untyped-call]
+            "XAUTOCLAIM", stream, group, consumer, min_idle_ms, cursor, "COUNT", count)
     deleted = [_text(i) for i in reply[2]] if len(reply) > 2 else []
     return _text(reply[0]), _entries(stream, reply[1]), deleted
 
@@ -248,13 +254,15 @@ async def refresh_leases(
     args: list[Any] = [group, consumer]
     for entry_id, deliveries in held:
         args += [entry_id, deliveries]
-    lost = await client.eval(_LEASE_SCRIPT, 1, stream, *args)  # type: ignore[misc]
+    with naming("EVAL (lease script: XPENDING, XCLAIM)", stream):
+        lost = await client.eval(_LEASE_SCRIPT, 1, stream, *args)  # type: ignore[misc]
     return [_text(i) for i in lost]
 
 
 async def live_peers(client: aioredis.Redis, stream: str, group: str, consumer: str, max_idle_ms: int) -> list[str]:
     """Other consumers of the group seen within ``max_idle_ms``, most recently seen first."""
-    rows = await client.xinfo_consumers(stream, group)
+    with naming("XINFO CONSUMERS", stream):
+        rows = await client.xinfo_consumers(stream, group)
     peers = [(int(row["idle"]), _text(row["name"])) for row in rows]
     return [name for idle, name in sorted(peers) if name != consumer and idle <= max_idle_ms]
 
@@ -267,6 +275,13 @@ async def record_trimmed(
     client: aioredis.Redis, stream: str, dead_stream: str, group: str, consumer: str, ids: list[str]
 ) -> None:
     """Dead-letter entries XAUTOCLAIM found deleted: only their IDs are left to record."""
+    with naming("XADD (in MULTI)", dead_stream):
+        await _record_trimmed(client, stream, dead_stream, group, consumer, ids)
+
+
+async def _record_trimmed(
+    client: aioredis.Redis, stream: str, dead_stream: str, group: str, consumer: str, ids: list[str]
+) -> None:
     async with client.pipeline(transaction=True) as pipe:
         for entry_id in ids:
             # The delivery count is unknown: XAUTOCLAIM does not say.
@@ -282,10 +297,11 @@ async def ack(client: aioredis.Redis, group: str, ids_by_stream: dict[str, list[
 
     Any failure raises, and the caller sends the whole batch again: acking an entry twice is harmless.
     """
-    async with client.pipeline(transaction=False) as pipe:
-        for stream, ids in ids_by_stream.items():
-            pipe.xack(stream, group, *ids)
-        await pipe.execute()
+    with naming("XACK", *ids_by_stream):
+        async with client.pipeline(transaction=False) as pipe:
+            for stream, ids in ids_by_stream.items():
+                pipe.xack(stream, group, *ids)
+            await pipe.execute()
 
 
 async def dead_letter(
@@ -295,6 +311,7 @@ async def dead_letter(
     fields = dead_letter_fields(entry.stream, entry.id, entry.fields, group=group, consumer=consumer,
                                 deliveries=entry.deliveries, reason=reason, detail=detail,
                                 time_ms=int(time.time() * 1000))
-    result = await client.eval(  # type: ignore[misc]
-        _DEAD_LETTER_SCRIPT, 2, entry.stream, dead_stream, group, entry.id, *fields)  # type: ignore[arg-type]
+    with naming("EVAL (dead-letter script: XACK the source, XADD the dead-letter stream)", entry.stream, dead_stream):
+        result = await client.eval(  # type: ignore[misc]
+            _DEAD_LETTER_SCRIPT, 2, entry.stream, dead_stream, group, entry.id, *fields)  # type: ignore[arg-type]
     return bool(result)

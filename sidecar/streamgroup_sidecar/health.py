@@ -7,7 +7,9 @@ whenever one of them changes, so a scrape tells the truth even when nobody asks 
 
 Every unit that talks to Redis reports here how its calls went. A lost connection is one
 incident whichever unit notices it first, logged once when it starts and once when it ends;
-other errors (a missing group, a script error) are logged by the caller's own incident. In cluster
+other errors (a missing group, a script error) are logged by the caller's own incident. A
+command or key Redis refuses to the sidecar's ACL user (NOPERM) makes it not ready until that
+same call succeeds: ``/readyz`` names the command and keys, and the entries involved stay pending. In cluster
 mode, slots changing owners (CLUSTERDOWN, TRYAGAIN, redirections redis-py gave up on, a cluster it
 cannot discover) count as Redis being down too (:func:`.commands.is_outage`), and Redis is back only
 once no call has failed for a whole back-off (:data:`CLUSTER_SETTLE`): with one primary down the
@@ -26,6 +28,7 @@ import time
 import redis.asyncio as aioredis
 
 from streamgroup_core.logs import Incident
+from streamgroup_core.permissions import PermissionDenied, is_denied
 from streamgroup_core.redaction import hide_url_passwords
 
 from . import commands
@@ -62,6 +65,8 @@ class Health:
         """When the event loop last ran the heartbeat."""
         self._dropped_at = 0.0
         self._drop_task: asyncio.Future[None] | None = None
+        self._denied: dict[Incident, tuple[str, str]] = {}
+        """Calls Redis refuses to this user, by the incident of the unit that makes them: (operation, what)."""
         self._redis_incident = Incident(logger, "reaching Redis")
         self._app_incident = Incident(logger, "reaching the app")
         self._show()
@@ -82,16 +87,30 @@ class Health:
 
     def readiness(self) -> dict[str, bool]:
         """The checks of ``/readyz`` (called from the health server's thread)."""
-        return {"redis": self._redis_ok, "group": self._groups_ok, "app": self._app_up.is_set()}
+        return {"redis": self._redis_ok, "group": self._groups_ok, "app": self._app_up.is_set(),
+                "permissions": not self._denied}
+
+    def problems(self) -> list[str]:
+        """What ``/readyz`` says besides its checks: each refused command, with its keys."""
+        return [f"Redis refused {what} (NOPERM)" for _, what in list(self._denied.values())]
 
     def _show(self) -> None:
-        self._metrics.ready.set(1 if self._redis_ok and self._groups_ok and self._app_up.is_set() else 0)
+        ready = self._redis_ok and self._groups_ok and self._app_up.is_set() and not self._denied
+        self._metrics.ready.set(1 if ready else 0)
 
     # --- Redis ---------------------------------------------------------------------------------
 
     def redis_failed(self, operation: str, incident: Incident, exc: BaseException) -> None:
         """A Redis call failed: count it, log it (once per incident), and mark Redis down if it is."""
         self._metrics.redis_errors.labels(operation).inc()
+        if is_denied(exc):
+            what = exc.summary if isinstance(exc, PermissionDenied) else operation
+            if self._denied.get(incident) != (operation, what):
+                self._denied[incident] = (operation, what)
+                self._metrics.permission_denied.labels(operation).set(1)
+                self._show()
+            incident.failed(exc)
+            return
         if commands.is_failover(exc):
             self._drop_connections()
         if commands.is_outage(exc):
@@ -108,6 +127,11 @@ class Health:
 
         In cluster mode Redis is fine only once no call has failed for :data:`CLUSTER_SETTLE` seconds.
         """
+        denied = self._denied.pop(incident, None)
+        if denied is not None:
+            if all(operation != denied[0] for operation, _ in self._denied.values()):
+                self._metrics.permission_denied.labels(denied[0]).set(0)
+            self._show()
         if self._settle and time.monotonic() - self._outage_at < self._settle:
             incident.recovered()
             return

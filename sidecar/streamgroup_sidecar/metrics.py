@@ -168,6 +168,10 @@ class Metrics:
         self.redis_errors = Counter(
             "streamgroup_sidecar_redis_errors", "Failed Redis operations, by operation.",
             ["operation"], registry=registry)
+        self.permission_denied = Gauge(
+            "streamgroup_sidecar_redis_permission_denied",
+            "1 while Redis refuses this operation's command or keys to the sidecar's ACL user (NOPERM), else 0.",
+            ["operation"], registry=registry)
         self.dead_letters = Counter(
             "streamgroup_sidecar_dead_letters",
             "Entries moved to the dead-letter stream, by reason (status-<code>, max-deliveries, dropped, "
@@ -194,7 +198,8 @@ class Metrics:
             "streamgroup_sidecar_ack_batches", "XACK round trips (each acknowledges a batch of entries).",
             registry=registry)
         self.ready = Gauge(
-            "streamgroup_sidecar_ready", "1 when Redis, the group and the app are all reachable.",
+            "streamgroup_sidecar_ready",
+            "1 when Redis, the group and the app are all reachable and Redis refuses no command it needs.",
             registry=registry)
         self.groups = GroupCollector()
         registry.register(self.groups)

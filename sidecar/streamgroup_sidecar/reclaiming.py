@@ -14,6 +14,7 @@ the same slots.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
@@ -29,7 +30,8 @@ logger = logging.getLogger("streamgroup.sidecar")
 
 class Reclaimer:
     def __init__(self, settings: Settings, redis: aioredis.Redis, tracker: InFlight, dead_letters: DeadLetters,
-                 metrics: Metrics, stop: Stop) -> None:
+                 metrics: Metrics, stop: Stop, done: Callable[[str, str], bool] = lambda _stream, _id: False) -> None:
+        """``done(stream, ID)``: the entry was delivered and only its ack is waiting (it is not delivered again)."""
         self._streams = settings.group.streams
         self._group = settings.group.group
         self._consumer = settings.group.consumer
@@ -40,6 +42,7 @@ class Reclaimer:
         self._dead_letters = dead_letters
         self._metrics = metrics
         self._stop = stop
+        self._done = done
 
     async def sweep(self) -> None:
         """One sweep of every stream; Redis errors are raised (the reader retries the sweep)."""
@@ -59,6 +62,8 @@ class Reclaimer:
         try:
             cursor, claimed, deleted = await commands.autoclaim(
                 self._redis, stream, self._group, self._consumer, self._min_idle_ms, cursor, slots)
+            # Ours already, delivered, their ack not through yet (XACK failing): nothing to deliver again.
+            claimed = [entry for entry in claimed if not self._done(stream, entry.id)]
             if deleted:
                 await self._dead_letters.write_trimmed(stream, deleted)
             if claimed:

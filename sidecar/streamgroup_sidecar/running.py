@@ -75,12 +75,12 @@ class Sidecar:
         self._acker = Acker(self._send_acks, self._on_ack_error, metrics.acks.inc)
         dead_letters = DeadLetters(settings, redis, health, metrics, stop)
         self._workers = Workers(settings, tracker, self._deliverer, self._acker, dead_letters, health, metrics, stop)
-        reclaimer = Reclaimer(settings, redis, tracker, dead_letters, metrics, stop)
+        reclaimer = Reclaimer(settings, redis, tracker, dead_letters, metrics, stop, done=self._acker.holds)
         self._reader = Reader(settings, redis, tracker, reclaimer, health, metrics, stop)
         self._leases = LeaseKeeper(settings, redis, tracker, health, metrics)
         self._stats = GroupStats(settings, redis, health, metrics)
         self._handover = Handover(settings, redis, metrics)
-        self._server = Server(make_app(registry, health.readiness, health.liveness),
+        self._server = Server(make_app(registry, health.readiness, health.liveness, health.problems),
                               settings.server.host, settings.server.port)
 
     @property

@@ -64,6 +64,7 @@ def populated_registries() -> list[CollectorRegistry]:
     tally.age.observe(0.1)
     sidecar.retries.labels("s", "timeout").inc()
     sidecar.redis_errors.labels("xack").inc()
+    sidecar.permission_denied.labels("xack").set(0)
     sidecar.dead_letters.labels("s", "trimmed").inc()
     sidecar.reclaimed.labels("s").inc()
     sidecar.leases_lost.labels("s").inc()

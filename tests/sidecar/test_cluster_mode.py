@@ -158,7 +158,7 @@ async def test_a_sidecar_that_cannot_discover_its_cluster_keeps_retrying_and_is_
             assert not task.done(), task.exception()
             assert asyncio.get_running_loop().time() < deadline, "no retries seen"
             await asyncio.sleep(0.05)
-        assert sidecar.health.readiness() == {"redis": False, "group": False, "app": True}
+        assert sidecar.health.readiness() == {"redis": False, "group": False, "app": True, "permissions": True}
     finally:
         stop.set()
         await asyncio.wait_for(task, settings.shutdown.grace + 5)

@@ -54,7 +54,7 @@ class TestHealthEndpoints:
             assert status == 200 and orjson.loads(body)["ok"] is True
             status, body = await get(sidecar.health_port, "/readyz")
             assert status == 200
-            assert orjson.loads(body) == {"ok": True, "redis": True, "group": True, "app": True}
+            assert orjson.loads(body) == {"ok": True, "redis": True, "group": True, "app": True, "permissions": True}
 
     async def test_healthz_fails_while_the_event_loop_is_stuck_and_answers_from_its_own_thread(
         self, redis_server: RedisServer, app: RecordingApp, monkeypatch: pytest.MonkeyPatch
@@ -119,7 +119,7 @@ class TestHealthEndpoints:
                 if status == 503:
                     break
                 await asyncio.sleep(0.05)
-            assert orjson.loads(body) == {"ok": False, "redis": True, "group": True, "app": False}
+            assert orjson.loads(body) == {"ok": False, "redis": True, "group": True, "app": False, "permissions": True}
 
 
 class TestLogs:
