@@ -16,7 +16,7 @@ import redis
 
 from streamgroup_core.partitions import partition_keys
 
-from . import CLIError, dead_lettering, inspecting, placing, producing, replaying, targeting, trimming
+from . import CLIError, dead_lettering, granting, inspecting, placing, producing, replaying, targeting, trimming
 from .parsing import non_negative_int, parse_duration, positive_int
 from .rendering import write_json
 
@@ -148,6 +148,21 @@ def _parser() -> argparse.ArgumentParser:
                            help="how many partitions (default: the StreamGroup's, with --streamgroup)")
     _output(placement, "table")
 
+    acl = command("acl", "print the Redis ACL rules (ACL SETUSER lines) each part needs on these streams")
+    acl.add_argument("--streams", type=lambda text: [s for s in text.split(",") if s], default=[], metavar="A,B",
+                     help="stream keys (default: the StreamGroup's)")
+    acl.add_argument("--partitioned-streams", type=lambda text: [s for s in text.split(",") if s], default=[],
+                     metavar="NAME:N,...", help="partitioned streams and their partitions, e.g. orders:16")
+    acl.add_argument("--group", help="consumer group (names the users; default: the StreamGroup's)")
+    acl.add_argument("--dead-letter-stream", metavar="TEMPLATE",
+                     help="dead-letter stream template (default: the StreamGroup's, else {stream}:dead)")
+    acl.add_argument("--user-prefix", metavar="PREFIX",
+                     help="users are PREFIX-sidecar, PREFIX-operator, PREFIX-cli-read, PREFIX-cli-write "
+                          "(default: sg-NAMESPACE-NAME with --streamgroup, else sg-GROUP)")
+    acl.add_argument("--parts", type=lambda text: [s for s in text.split(",") if s],
+                     default=["sidecar", "operator", "cli-read", "cli-write"], metavar="P,...",
+                     help="which parts (default: sidecar,operator,cli-read,cli-write)")
+
     trim = command("trim", "remove old entries, refusing to drop any a group has not read or acknowledged")
     trim.add_argument("stream")
     how = trim.add_mutually_exclusive_group(required=True)
@@ -257,6 +272,21 @@ def _run(args: argparse.Namespace, client: redis.Redis, target: targeting.Target
         print(message, file=out)
 
 
+def _acl(args: argparse.Namespace, target: targeting.Target, out: TextIO) -> None:
+    keys = granting.scope(target, args.streams, granting.partitioned_streams(args.partitioned_streams),
+                          args.dead_letter_stream)
+    group = args.group or target.group
+    prefix = args.user_prefix
+    if prefix is None:
+        if target.label.startswith("StreamGroup "):
+            prefix = "sg-" + target.label.removeprefix("StreamGroup ").split(" ")[0].replace("/", "-")
+        elif group:
+            prefix = f"sg-{group}"
+        else:
+            raise CLIError("give --group or --user-prefix (the users' names come from them)")
+    granting.print_rules(out, prefix, keys, args.parts)
+
+
 def _partitions(args: argparse.Namespace, client: redis.Redis, target: targeting.Target, out: TextIO) -> None:
     if args.stream is None:
         if args.partitions is not None:
@@ -302,6 +332,9 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None, stdout:
     try:
         args = _parser().parse_args(argv)
         target = _target(args, dict(os.environ))
+        if args.command == "acl":
+            _acl(args, target, out)  # prints rules, talks to no Redis
+            return 0
         with targeting.connected(target) as client:
             _run(args, client, target, stdin or sys.stdin, out)
     except CLIError as exc:
