@@ -71,6 +71,14 @@ class SentinelSpec:
 
 
 @dataclass(frozen=True)
+class Credentials:
+    """Another ACL user on the data nodes (``spec.redis.operatorCredentials``)."""
+
+    username: str
+    password_secret_ref: PasswordSecretRef | None = None
+
+
+@dataclass(frozen=True)
 class TlsSpec:
     enabled: bool = False
     ca_secret_ref: CaSecretRef | None = None
@@ -89,6 +97,8 @@ class RedisSpec:
     tls: TlsSpec = field(default_factory=TlsSpec)
     mode: str = "standalone"
     sentinel: SentinelSpec | None = None
+    operator_credentials: Credentials | None = None
+    """The operator's own user, when it is not the sidecar's (least privilege: `streamgroup acl`)."""
 
     @property
     def address(self) -> str:
@@ -103,14 +113,17 @@ class RedisSpec:
     def secret_names(self) -> list[str]:
         """The Secrets (in the StreamGroup's namespace) that :meth:`endpoint` reads, each once."""
         sentinel = self.sentinel.password_secret_ref if self.sentinel is not None else None
-        refs = [self.password_secret_ref, self.tls.ca_secret_ref, self.tls.client_cert_secret_ref, sentinel]
+        operator = self.operator_credentials.password_secret_ref if self.operator_credentials is not None else None
+        refs = [self.password_secret_ref, self.tls.ca_secret_ref, self.tls.client_cert_secret_ref, sentinel, operator]
         return list(dict.fromkeys(ref.name for ref in refs if ref is not None))
 
-    def endpoint(self, namespace: str, secrets: Mapping[str, Mapping[str, bytes] | None]) -> Endpoint:
+    def endpoint(self, namespace: str, secrets: Mapping[str, Mapping[str, bytes] | None],
+                 operator: bool = False) -> Endpoint:
         """How to reach this Redis, with the values of the Secrets it names.
 
         ``secrets`` maps each name of :meth:`secret_names` to the Secret's decoded data, or to
-        ``None`` when it does not exist (:class:`SecretMissing`).
+        ``None`` when it does not exist (:class:`SecretMissing`). ``operator``: as the operator, with
+        :attr:`operator_credentials` when they are given (else as the sidecar).
         """
 
         def value(name: str, key: str) -> bytes:
@@ -122,7 +135,10 @@ class RedisSpec:
             return data[key]
 
         password = None
-        if (ref := self.password_secret_ref) is not None:
+        username, password_ref = self.username, self.password_secret_ref
+        if operator and self.operator_credentials is not None:
+            username, password_ref = self.operator_credentials.username, self.operator_credentials.password_secret_ref
+        if (ref := password_ref) is not None:
             try:
                 password = value(ref.name, ref.key).decode("utf-8")
             except UnicodeDecodeError:
@@ -143,7 +159,7 @@ class RedisSpec:
                     raise SpecError(f"Secret {namespace}/{ref.name} key {ref.key!r} is not UTF-8 text") from None
             sentinels = Sentinels(self.sentinel.master_name, username=self.sentinel.username,
                                   password=sentinel_password)
-        return Endpoint(self.address, username=self.username, password=password, tls=tls, mode=self.mode,
+        return Endpoint(self.address, username=username, password=password, tls=tls, mode=self.mode,
                         sentinels=sentinels)
 
 

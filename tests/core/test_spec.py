@@ -190,3 +190,16 @@ class TestSecrets:
         with pytest.raises(SecretMissing, match=r"^Secret shop/auth has no key 'ca.pem'$") as caught:
             redis.endpoint("shop", {"auth": {"password": b"pw"}, "client": {"tls.crt": b"C", "tls.key": b"K"}})
         assert "pw" not in str(caught.value)
+
+    def test_the_operator_logs_in_as_its_own_user_when_given_and_as_the_sidecars_otherwise(self) -> None:
+        redis = parse_spec(minimal(redis={**self.REDIS, "operatorCredentials": {
+            "username": "sg-operator", "passwordSecretRef": {"name": "operator-auth", "key": "pw"}}})).redis
+        assert redis.secret_names() == ["auth", "client", "operator-auth"]
+        secrets = {"auth": {"password": b"sidecar-pw", "ca.pem": b"CA"}, "operator-auth": {"pw": b"operator-pw"},
+                   "client": {"tls.crt": b"CERT", "tls.key": b"KEY"}}
+        sidecar, operator = redis.endpoint("shop", secrets), redis.endpoint("shop", secrets, operator=True)
+        assert (sidecar.username, sidecar.password) == ("sg", "sidecar-pw")
+        assert (operator.username, operator.password) == ("sg-operator", "operator-pw")
+        assert operator.tls == sidecar.tls and operator.url == sidecar.url
+        plain = parse_spec(minimal(redis=self.REDIS)).redis
+        assert plain.endpoint("shop", secrets, operator=True).username == "sg"
