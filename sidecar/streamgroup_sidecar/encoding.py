@@ -5,7 +5,9 @@ object of them, which must never lose a byte:
 
 * a value that is not valid UTF-8 becomes ``{"base64": "<data>"}`` and the request
   carries ``Streamgroup-Binary: base64``;
-* a field name that is not valid UTF-8 becomes ``"base64:<data>"`` (same header);
+* a field name that is not valid UTF-8 becomes ``"base64:<data>"`` (same header); in a request
+  with that header, a UTF-8 name that starts with ``base64:`` is encoded too, so that an app can
+  read every ``base64:`` name of such a request as encoded;
 * a field name repeated in one entry (Redis allows it) maps to a JSON array of its
   values, in order.
 
@@ -29,6 +31,9 @@ if TYPE_CHECKING:  # annotations only: the entry model imports header_value from
 
 # CloudEvents' HTTP binding percent-encodes space, '"', '%' and anything outside printable ASCII.
 _HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
+BASE64_NAME = "base64:"
+# 9999-12-31T23:59:59.999Z: RFC 3339 has four-digit years, stream IDs go to 2**64 - 1 milliseconds.
+_LAST_RFC3339_MS = 253402300799999
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,15 +59,17 @@ def _second_text(second: int) -> str:
     return f"{datetime.fromtimestamp(second, tz=UTC):%Y-%m-%dT%H:%M:%S}"
 
 
-def cloudevents_time(entry_id: str) -> str:
-    """RFC 3339 time of the entry, from the millisecond part of its ID."""
+def cloudevents_time(entry_id: str) -> str | None:
+    """RFC 3339 time of the entry, from the millisecond part of its ID; ``None`` after the year 9999."""
     return _ms_text(entry_id.partition("-")[0])
 
 
 @lru_cache(maxsize=1024)
-def _ms_text(ms_part: str) -> str:
+def _ms_text(ms_part: str) -> str | None:
     # Keyed by the ID's millisecond part: entries read together mostly share it.
     ms = int(ms_part)
+    if ms > _LAST_RFC3339_MS:  # an ID given to XADD by hand; no RFC 3339 time, and ce-time is optional
+        return None
     return f"{_second_text(ms // 1000)}.{ms % 1000:03d}Z"
 
 
@@ -79,26 +86,31 @@ def fields_to_json(fields: Fields) -> tuple[bytes, bool]:
     return orjson.dumps(obj), binary
 
 
-def fields_to_object(fields: Fields) -> tuple[dict[str, Any], bool]:
-    """The fields as a JSON-ready dict (see the module's rules); and whether any part was base64-encoded."""
+def fields_to_object(fields: Fields, binary: bool = False) -> tuple[dict[str, Any], bool]:
+    """The fields as a JSON-ready dict (see the module's rules); and whether any part was base64-encoded.
+
+    ``binary``: the request carries base64 already (another entry of its batch), so that names starting
+    with ``base64:`` must be encoded here too.
+    """
     # Fast path for the usual entry, all UTF-8 with distinct names; anything else takes the full rules.
-    try:
-        plain = {name.decode(): value.decode() for name, value in fields}
-    except UnicodeDecodeError:
-        pass
-    else:
-        if len(plain) == len(fields):
-            return plain, False
+    if not binary:
+        try:
+            plain = {name.decode(): value.decode() for name, value in fields}
+        except UnicodeDecodeError:
+            pass
+        else:
+            if len(plain) == len(fields):
+                return plain, False
+    texts = [(_text(raw_name), _text(raw_value)) for raw_name, raw_value in fields]
+    binary = binary or any(name_binary or value_binary for (_, name_binary), (_, value_binary) in texts)
     obj: dict[str, Any] = {}
-    binary = False
-    for raw_name, raw_value in fields:
-        name, name_binary = _text(raw_name)
+    for (raw_name, _), ((name, name_binary), (text, value_binary)) in zip(fields, texts, strict=True):
         if name_binary:
-            name = "base64:" + name
-        value: Any
-        text, value_binary = _text(raw_value)
-        value = {"base64": text} if value_binary else text
-        binary = binary or name_binary or value_binary
+            name = BASE64_NAME + name
+        elif binary and name.startswith(BASE64_NAME):
+            # Read as encoded in a request with base64 in it: encoded, it cannot pass for another name.
+            name = BASE64_NAME + base64.b64encode(raw_name).decode("ascii")
+        value: Any = {"base64": text} if value_binary else text
         previous = obj.get(name)
         if previous is None:
             obj[name] = value
@@ -140,7 +152,8 @@ class RequestBuilder:
         headers["Streamgroup-Delivery-Count"] = str(entry.deliveries)
         headers["Idempotency-Key"] = entry.key
         headers["ce-id"] = entry.id
-        headers["ce-time"] = cloudevents_time(entry.id)
+        if (time := cloudevents_time(entry.id)) is not None:
+            headers["ce-time"] = time
         if self.body == "json":
             body, binary = fields_to_json(entry.fields)
             if binary:
@@ -161,20 +174,22 @@ class RequestBuilder:
 
     def build_batch(self, entries: list[Entry], static: dict[str, str]) -> Request:
         """One request for several entries: a JSON array, one object per entry (see README, Batch mode)."""
-        items = []
-        binary = False
+        objects = []
         for entry in entries:
             assert entry.fields is not None, "deleted entries are dead-lettered, not delivered"
-            fields, entry_binary = fields_to_object(entry.fields)
-            binary = binary or entry_binary
-            items.append({
-                "entryId": entry.key,
-                "stream": entry.stream,
-                "id": entry.id,
-                "deliveries": entry.deliveries,
-                "time": cloudevents_time(entry.id),
-                "fields": fields,
-            })
+            objects.append(fields_to_object(entry.fields))
+        binary = any(entry_binary for _, entry_binary in objects)
+        if binary:  # one header for the whole request: every entry follows the rules of one with base64
+            objects = [(fields, True) if entry_binary else fields_to_object(entry.fields or [], binary=True)
+                       for entry, (fields, entry_binary) in zip(entries, objects, strict=True)]
+        items = [{
+            "entryId": entry.key,
+            "stream": entry.stream,
+            "id": entry.id,
+            "deliveries": entry.deliveries,
+            "time": cloudevents_time(entry.id),
+            "fields": fields,
+        } for entry, (fields, _) in zip(entries, objects, strict=True)]
         headers = dict(static)
         headers["Streamgroup-Batch-Size"] = str(len(entries))
         if binary:
