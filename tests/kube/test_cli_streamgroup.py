@@ -11,6 +11,7 @@ import orjson
 from kubernetes import client
 
 from streamgroup_cli.__main__ import main
+from streamgroup_core.acls import setuser_arguments
 from tests.kube.streamgroups import create, manifest
 from tests.support.redis_server import RedisServer
 
@@ -48,3 +49,20 @@ class TestStreamGroupTarget:
             assert "status-422" in out.getvalue() and "cli-pa55" not in out.getvalue()
         finally:
             server.cleanup()
+
+    def test_acl_prints_the_rules_for_a_streamgroups_own_keys_named_after_it(
+        self, apis: Any, kubeconfig: Path, namespace: str
+    ) -> None:
+        url = "redis://127.0.0.1:6379/0"  # never reached: acl talks to no Redis
+        create(apis, namespace, manifest("billing", url, streams=["refunds"],
+                                         partitionedStreams=[{"name": "orders", "partitions": 2}]))
+        out = io.StringIO()
+        code = main(["--streamgroup", "billing", "-n", namespace, "--kubeconfig", str(kubeconfig), "acl"], stdout=out)
+        assert code == 0, out.getvalue()
+        lines = out.getvalue().splitlines()
+        assert [line.split()[2] for line in lines] == [
+            f"sg-{namespace}-billing-{part}" for part in ("sidecar", "operator", "cli-read", "cli-write")]
+        arguments = setuser_arguments(lines[0])
+        assert {word for word in arguments if word.startswith("~")} == {
+            "~refunds", "~orders:{0}", "~orders:{1}", "~refunds:dead", "~orders:{0}:dead", "~orders:{1}:dead"}
+        assert arguments[-1] == "(+xadd ~refunds:dead ~orders:{0}:dead ~orders:{1}:dead)"
