@@ -6,6 +6,7 @@ import filecmp
 import os
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -95,11 +96,103 @@ class TestLintAndRender:
         assert config["data"]["streamgroup.json"].strip() == (CHART / "files/dashboard.json").read_text().strip()
 
     @pytest.mark.parametrize("bad", ["operator.resyncInterval=soon", "operator.port=99999", "alerts.lagFor=later",
-                                     "image.pullPolicy=Sometimes", "operator.unknownKey=1"])
+                                     "image.pullPolicy=Sometimes", "operator.unknownKey=1",
+                                     "networkPolicy.apiServer.cidrs={10.0.0.10}", "networkPolicy.redis.ports={0}",
+                                     "networkPolicy.metrics.from[0].podselector.matchLabels.app=prometheus",
+                                     "networkPolicy.dns.to[0].ipBlock.except={10.0.0.0/8}"])
     def test_the_values_schema_rejects_wrong_values(self, bad: str) -> None:
         result = helm("template", "sg", str(CHART), "--set", bad, check=False)
         assert result.returncode != 0
         assert "schema" in result.stderr
+
+
+def render_values(values: dict[str, Any], *sets: str) -> list[dict[str, Any]]:
+    """The chart rendered with ``values`` as a values file (lists of selectors are unwieldy as --set)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as file:
+        yaml.safe_dump(values, file)
+        file.flush()
+        args = ["template", "sg", str(CHART), "--namespace", "streamgroup-system", "-f", file.name]
+        for item in sets:
+            args += ["--set", item]
+        return [doc for doc in yaml.safe_load_all(helm(*args).stdout) if doc]
+
+
+def network_policy(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    [policy] = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    spec: dict[str, Any] = policy["spec"]
+    return spec
+
+
+PROMETHEUS = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+              "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+REDIS_PODS = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "data"}},
+              "podSelector": {"matchLabels": {"app.kubernetes.io/name": "redis"}}}
+KUBE_DNS = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+CLOSED = {"networkPolicy": {"enabled": True, "apiServer": {"cidrs": ["10.0.0.10/32", "10.0.0.11/32"]},
+                            "redis": {"cidrs": ["10.20.0.0/16"], "selectors": [REDIS_PODS]},
+                            "metrics": {"from": [PROMETHEUS]}}}
+
+
+def tcp(*ports: int) -> list[dict[str, Any]]:
+    return [{"port": port, "protocol": "TCP"} for port in ports]
+
+
+class TestNetworkPolicy:
+    def test_there_is_none_by_default(self) -> None:
+        assert "NetworkPolicy" not in {d["kind"] for d in render()}
+
+    def test_the_operator_may_reach_only_the_api_server_redis_and_dns_and_be_reached_only_by_the_scraper(
+        self,
+    ) -> None:
+        docs = render_values(CLOSED)
+        spec = network_policy(docs)
+        [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert spec["podSelector"] == {"matchLabels": pod_labels}, "it selects the operator's pods"
+        assert spec["policyTypes"] == ["Ingress", "Egress"], "both directions closed"
+        assert spec["ingress"] == [{"from": [PROMETHEUS], "ports": tcp(8080)}]
+        assert spec["egress"] == [
+            {"to": [{"ipBlock": {"cidr": "10.0.0.10/32"}}, {"ipBlock": {"cidr": "10.0.0.11/32"}}],
+             "ports": tcp(443, 6443)},
+            {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}, REDIS_PODS], "ports": tcp(6379)},
+            {"to": [KUBE_DNS], "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
+        ]
+
+    def test_ports_and_peers_follow_the_values(self) -> None:
+        spec = network_policy(render_values(
+            {"networkPolicy": {**CLOSED["networkPolicy"], "redis": {"selectors": [REDIS_PODS], "ports": [6379, 26379]},
+                               "dns": {"to": [], "ports": [5353]},
+                               "extraEgress": [{"to": [{"ipBlock": {"cidr": "10.9.9.9/32"}}], "ports": tcp(3128)}]}},
+            "operator.port=9090", "networkPolicy.apiServer.ports={6443}"))
+        assert spec["ingress"][0]["ports"] == tcp(9090)
+        assert spec["egress"] == [
+            {"to": [{"ipBlock": {"cidr": "10.0.0.10/32"}}, {"ipBlock": {"cidr": "10.0.0.11/32"}}], "ports": tcp(6443)},
+            {"to": [REDIS_PODS], "ports": tcp(6379, 26379)},
+            {"ports": [{"port": 5353, "protocol": "UDP"}, {"port": 5353, "protocol": "TCP"}]},  # any DNS server
+            {"to": [{"ipBlock": {"cidr": "10.9.9.9/32"}}], "ports": tcp(3128)},
+        ]
+
+    def test_without_a_scraper_no_one_may_connect_and_dns_can_be_left_out(self) -> None:
+        spec = network_policy(render_values(CLOSED, "networkPolicy.metrics.from=null",
+                                            "networkPolicy.dns.enabled=false"))
+        assert "Ingress" in spec["policyTypes"] and spec["ingress"] == []
+        assert [rule["ports"] for rule in spec["egress"]] == [tcp(443, 6443), tcp(6379)]
+
+    @pytest.mark.parametrize(("missing", "named"), [("apiServer.cidrs", "networkPolicy.apiServer.cidrs"),
+                                                    ("redis", "networkPolicy.redis")])
+    def test_it_refuses_to_render_a_policy_open_to_any_address(self, missing: str, named: str) -> None:
+        values = yaml.safe_load(yaml.safe_dump(CLOSED))
+        section, _, key = missing.partition(".")
+        if key:
+            values["networkPolicy"][section][key] = []
+        else:
+            values["networkPolicy"][section] = {"cidrs": [], "selectors": []}
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as file:
+            yaml.safe_dump(values, file)
+            file.flush()
+            result = helm("template", "sg", str(CHART), "-f", file.name, check=False)
+        assert result.returncode != 0 and named in result.stderr
 
 
 class TestGeneratedFilesAgreeWithTheirSources:
