@@ -8,13 +8,19 @@ characters would silently change the payload someone is about to replay or re-dr
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 import orjson
 
 Pairs = Sequence[tuple[bytes, bytes]]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+_FIRST_MS = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // _MS
+_LAST_MS = (datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC) - _EPOCH) // _MS
 
 
 def text(value: Any) -> str:
@@ -51,9 +57,16 @@ def _is_utf8(value: bytes) -> bool:
 
 
 def iso_ms(ms: int | float) -> str:
-    """Milliseconds since the epoch as ``2024-05-01T12:00:00.123Z``."""
-    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """Milliseconds since the epoch as ``2024-05-01T12:00:00.123Z``, or ``<ms> ms since 1970`` past the year 9999.
+
+    Stream IDs go to 2**64 - 1 ms (XADD takes any), far beyond what ISO-8601's four-digit years can write.
+    """
+    whole = math.floor(ms)
+    if not _FIRST_MS <= whole <= _LAST_MS:
+        return f"{whole} ms since 1970"
+    # In integers: ms / 1000 as a float is a millisecond off for some IDs (28166203111168 gave ...167).
+    moment = _EPOCH + whole * _MS
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def id_ms(entry_id: str) -> int:
