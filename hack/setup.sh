@@ -29,7 +29,7 @@ stamp=.venv/.streamgroup-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ hack/setup.sh -nt "$stamp" ]; then
   echo "setup: installing streamgroup and its test tools into .venv"
   log=.venv/pip-install.log
-  if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e '.[dev,operator,bench]'; } \
+  if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e '.[dev,operator,bench,dapr-apps]'; } \
       >"$log" 2>&1; then
     tail -n 40 "$log" >&2
     echo "setup: pip install failed (full log: $log)" >&2
