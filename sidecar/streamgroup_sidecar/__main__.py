@@ -88,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GroupLost as exc:
         logging.getLogger("streamgroup.sidecar").error(f"exiting: {exc} (--on-group-loss exit)")
         return 3
+    except ConfigError as exc:  # found once running: the app's Dapr subscriptions (--app-protocol dapr)
+        print(f"streamgroup-sidecar: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

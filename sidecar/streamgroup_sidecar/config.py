@@ -241,6 +241,18 @@ class DeliverySettings:
     """Entries per request: 1 posts each entry on its own; more posts JSON arrays (batch mode)."""
     batch_wait: float = 0.005
     """In batch mode, how long a request waits for more entries before it leaves partly filled, seconds."""
+    protocol: str = "streamgroup"
+    """What the app speaks: ``streamgroup`` (this project's requests and reply contract) or ``dapr`` (a Dapr
+    pub/sub subscriber: :mod:`streamgroup_sidecar.dapr`)."""
+    dapr_pubsub: str | None = None
+    """``dapr``: the pub/sub component name whose subscriptions are served; ``None``: the app's only one."""
+
+    @property
+    def app_watched(self) -> bool:
+        """Whether something besides the deliveries says when the app is back (the health probe, or with
+        ``dapr`` the subscriptions read again): then nothing is attempted while it is down."""
+        return self.app_health_url is not None or self.protocol == "dapr"
+
 
 
 @dataclass(frozen=True)
@@ -411,6 +423,14 @@ OPTIONS: tuple[Option, ...] = (
            "entries per POST, each acknowledged, retried or dead-lettered on its own (see Batch mode)."),
     Option("batch-wait", "delivery.batch_wait", _non_negative_duration, "5ms",
            "Batch mode: the longest a request waits for more entries before it is sent partly filled."),
+    Option("app-protocol", "delivery.protocol", _choice("streamgroup", "dapr"), "streamgroup",
+           "What the app speaks. `streamgroup`: the requests and replies of this README. `dapr`: a Dapr pub/sub "
+           "subscriber, unmodified: its subscriptions are read from `/dapr/subscribe` on the origin of `--app-url`, "
+           "each entry's CloudEvent is posted to its subscription's route and Dapr's replies are honoured "
+           "(docs/dapr.md)."),
+    Option("dapr-pubsub", "delivery.dapr_pubsub", _non_empty, None,
+           "With `--app-protocol dapr`: the pub/sub component name (`pubsubname`) whose subscriptions this group "
+           "serves. Default: the only one the app's subscriptions name."),
     Option("ordering-field", "delivery.ordering_field", _non_empty, None,
            "Entries with the same value of this field (per stream) are delivered one at a time, in stream "
            "order; a failing entry holds its key back. Other keys go in parallel."),
@@ -489,6 +509,10 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
         raise ConfigError("--body-field / SG_BODY_FIELD is required when --body is raw")
     if delivery.get("batch_size", 1) > 1 and delivery.get("body") == "raw":
         raise ConfigError("--batch-size / SG_BATCH_SIZE above 1 needs --body json (a batch is a JSON array)")
+    if delivery.get("protocol") == "dapr" and delivery.get("body") == "raw":
+        raise ConfigError("--body raw is for --app-protocol streamgroup: a Dapr app receives CloudEvents")
+    if delivery.get("dapr_pubsub") is not None and delivery.get("protocol") != "dapr":
+        raise ConfigError("--dapr-pubsub / SG_DAPR_PUBSUB is for --app-protocol dapr")
     if delivery.get("batch_size", 1) > delivery.get("max_in_flight", 32):
         raise ConfigError("invalid --batch-size / SG_BATCH_SIZE: larger than --max-in-flight")
     retry = sections.get("retry", {})

@@ -25,7 +25,7 @@ from aiohttp.http_parser import RawResponseMessage
 from aiohttp.streams import StreamReader
 
 from .encoding import Request
-from .posting import IDLE_LIMIT, MAX_HEAD_BYTES, MAX_REPLY_BYTES, USER_AGENT
+from .posting import IDLE_LIMIT, MAX_HEAD_BYTES, MAX_REPLY_BYTES, USER_AGENT, origin
 from .replies import Attempt, wants_body
 
 _BAD_REPLY = Attempt(error="bad-reply")
@@ -36,6 +36,7 @@ _MAX_FIELDS = 128
 class AiohttpDeliverer:
     def __init__(self, url: str, timeout: float, max_connections: int) -> None:
         self._url = url
+        self._origin = origin(url)
         self._https = url.lower().startswith("https:")
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_connections = max_connections
@@ -62,7 +63,8 @@ class AiohttpDeliverer:
     async def post(self, request: Request) -> Attempt:
         assert self._session is not None, "start() first"
         try:
-            async with self._session.post(self._url, data=request.body, headers=request.headers,
+            url = self._url if request.target is None else self._origin + request.target
+            async with self._session.post(url, data=request.body, headers=request.headers,
                                           allow_redirects=False) as reply:
                 if sum(len(name) + len(value) + 4 for name, value in reply.raw_headers) > MAX_HEAD_BYTES:
                     reply.close()

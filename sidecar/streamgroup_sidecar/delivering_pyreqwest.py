@@ -35,7 +35,7 @@ from pyreqwest.http import HeaderMap
 from pyreqwest.response import Response
 
 from .encoding import Request
-from .posting import MAX_HEAD_BYTES, MAX_REPLY_BYTES, USER_AGENT
+from .posting import MAX_HEAD_BYTES, MAX_REPLY_BYTES, USER_AGENT, origin
 from .replies import Attempt, wants_body
 
 _BAD_REPLY = Attempt(error="bad-reply")
@@ -46,6 +46,7 @@ _TLS_WORDS = ("certificate", "tls", "corrupt message", "alert", "handshake", "pe
 class PyreqwestDeliverer:
     def __init__(self, url: str, timeout: float, max_connections: int) -> None:
         self._url = url
+        self._origin = origin(url)
         self._timeout = timedelta(seconds=timeout)
         self._max_connections = max_connections
         self._client: Client | None = None
@@ -64,7 +65,8 @@ class PyreqwestDeliverer:
         assert self._client is not None, "start() first"
         try:
             # Streamed, so that the body is read in pieces and a body over the limit is never held whole.
-            async with self._client.post(self._url).headers(request.headers).body_bytes(
+            url = self._url if request.target is None else self._origin + request.target
+            async with self._client.post(url).headers(request.headers).body_bytes(
                     request.body).build_streamed() as reply:
                 if _head_size(reply.headers) > MAX_HEAD_BYTES:
                     return _BAD_REPLY

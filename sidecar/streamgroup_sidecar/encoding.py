@@ -42,6 +42,9 @@ class Request:
 
     body: bytes
     headers: dict[str, str]
+    target: str | None = None
+    """Path (and query) to post to, on the app's origin; ``None``: the ``--app-url`` itself. Set by protocols
+    that route (``--app-protocol dapr``: each subscription's route)."""
 
 
 class MissingBodyField(ValueError):

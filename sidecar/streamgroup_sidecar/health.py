@@ -61,6 +61,7 @@ class Health:
         self._groups_ok = False
         self._app_up = asyncio.Event()
         self._app_up.set()
+        self._app_down = asyncio.Event()
         self._beat = time.monotonic()
         """When the event loop last ran the heartbeat."""
         self._dropped_at = 0.0
@@ -169,16 +170,21 @@ class Health:
         if up:
             if not self._app_up.is_set():
                 self._app_up.set()
+                self._app_down.clear()
                 self._app_incident.recovered()
                 self._show()
         else:
             self._app_incident.failed(why)
             if self._app_up.is_set():
                 self._app_up.clear()
+                self._app_down.set()
                 self._show()
 
     async def wait_app_up(self) -> None:
         await self._app_up.wait()
+
+    async def wait_app_down(self) -> None:
+        await self._app_down.wait()
 
     async def probe_app(self, deliverer: Deliverer, url: str, interval: float) -> None:
         """With ``--app-health-url``: probe it every ``interval`` seconds; it alone decides whether the app is up."""

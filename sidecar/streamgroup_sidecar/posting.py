@@ -73,12 +73,19 @@ class _OverLimit(Exception):
     """A body over the limit: raised in on_body, feed_data turns it into HttpParserCallbackError."""
 
 
+def origin(url: str) -> str:
+    """``scheme://[userinfo@]host[:port]`` of ``url``: where a routed request's target is appended."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection: it sends a request, parses the reply, resolves the waiter."""
 
-    def __init__(self, max_body: int) -> None:
+    def __init__(self, max_body: int, any_body: bool = False) -> None:
         self._parser = httptools.HttpResponseParser(self)
         self._max_body = max_body
+        self._any_body = any_body
         self.transport: asyncio.Transport | None = None
         self.reusable = False
         self.received = False  # a byte of the current request's reply arrived
@@ -196,7 +203,8 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
-        self._keep_body = wants_body(self._status, self._content_type)
+        self._keep_body = wants_body(self._status, self._content_type) or (
+            self._any_body and 200 <= self._status < 300)
 
     def on_body(self, body: bytes) -> None:
         if self._keep_body:
@@ -220,7 +228,9 @@ class _Connection(asyncio.Protocol):
 class ConnectionPool:
     """Requests to one origin (scheme, host, port), on a pool of keep-alive connections."""
 
-    def __init__(self, url: str, timeout: float, max_connections: int, max_body: int = MAX_REPLY_BYTES) -> None:
+    def __init__(self, url: str, timeout: float, max_connections: int, max_body: int = MAX_REPLY_BYTES,
+                 any_body: bool = False) -> None:
+        """``any_body``: keep the body of every 2xx reply, whatever its Content-Type (within ``max_body``)."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http:// or https:// URL: {url!r}")
@@ -240,21 +250,30 @@ class ConnectionPool:
         self._timeout = timeout
         self._max_connections = max_connections
         self._max_body = max_body
+        self._any_body = any_body
         self._idle: list[_Connection] = []
         self._busy: set[_Connection] = set()
         self._closed = False
 
-    def encode(self, method: str, headers: dict[str, str], body: bytes) -> bytes | None:
-        """The request's bytes; ``None`` if a header name or value would break the request apart."""
+    def encode(self, method: str, headers: dict[str, str], body: bytes, target: str | None = None) -> bytes | None:
+        """The request's bytes; ``None`` if a header name or value, or ``target``, would break the request apart.
+
+        ``target``: a path on the same origin instead of the URL's (a routing protocol's route).
+        """
+        if target is None:
+            target = self.target
+        elif not target.startswith("/") or any(c <= " " or c == "\x7f" for c in target):
+            return None
         lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
         n = len(headers)
         if lines.count("\n") != n or lines.count("\r") != n or "\0" in lines:
             return None
         length = f"Content-Length: {len(body)}\r\n" if body or method == "POST" else ""
-        return f"{method} {self.target} HTTP/1.1\r\n{self._fixed}{length}{lines}\r\n".encode() + body
+        return f"{method} {target} HTTP/1.1\r\n{self._fixed}{length}{lines}\r\n".encode() + body
 
-    async def request(self, method: str, headers: dict[str, str], body: bytes = b"") -> Attempt:
-        data = self.encode(method, headers, body)
+    async def request(self, method: str, headers: dict[str, str], body: bytes = b"",
+                      target: str | None = None) -> Attempt:
+        data = self.encode(method, headers, body, target)
         if data is None:
             return _BAD_REQUEST
         if self._closed:
@@ -309,7 +328,7 @@ class ConnectionPool:
         return None
 
     def _new_connection(self) -> _Connection:
-        return _Connection(self._max_body)
+        return _Connection(self._max_body, self._any_body)
 
     async def _exchange(self, loop: asyncio.AbstractEventLoop, connection: _Connection, data: bytes,
                         deadline: float) -> Attempt:
@@ -358,7 +377,7 @@ class BuiltinDeliverer:
             pool.close()
 
     async def post(self, request: Request) -> Attempt:
-        return await self._pool.request("POST", request.headers, request.body)
+        return await self._pool.request("POST", request.headers, request.body, request.target)
 
     async def probe(self, url: str) -> bool:
         pool = self._probes.get(url)

@@ -118,7 +118,7 @@ class Reader:
         """While the app is down, take nothing new (entries in hand keep probing it)."""
         health = self._health
         while not health.app_up and not self._stop.is_set():
-            if not self._settings.delivery.app_health_url and not self._tracker.held:
+            if not self._settings.delivery.app_watched and not self._tracker.held:
                 return  # nothing in hand to find out whether the app is back: let one entry try
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(health.wait_app_up(), 0.5)

@@ -82,7 +82,7 @@ class Verdict:
     """Seconds the app asked us to wait (``Retry-After``); ``None`` means use back-off."""
 
 
-def _json_reply(attempt: Attempt) -> Any:
+def json_reply(attempt: Attempt) -> Any:
     """The reply's JSON document, or ``None`` if it has no JSON content type or does not parse."""
     if not attempt.body or "json" not in attempt.content_type.lower():
         return None
@@ -93,7 +93,7 @@ def _json_reply(attempt: Attempt) -> Any:
 
 
 def _app_status(attempt: Attempt) -> str | None:
-    reply = _json_reply(attempt)
+    reply = json_reply(attempt)
     if isinstance(reply, dict):
         status = reply.get("status")
         if isinstance(status, str):
@@ -141,7 +141,7 @@ def classify(attempt: Attempt, delivery: DeliverySettings, retry: RetrySettings)
     return Verdict(Action.RETRY, f"status-{status}", delay)
 
 
-def _capped(verdict: Verdict, attempt: Attempt, deliveries: int, delivery: DeliverySettings) -> Verdict:
+def capped(verdict: Verdict, attempt: Attempt, deliveries: int, delivery: DeliverySettings) -> Verdict:
     """Turn a retry into a dead letter once ``max_deliveries`` is used up (unreachable apps never count)."""
     if (
         verdict.action is Action.RETRY
@@ -155,7 +155,7 @@ def _capped(verdict: Verdict, attempt: Attempt, deliveries: int, delivery: Deliv
 
 def decide(attempt: Attempt, deliveries: int, delivery: DeliverySettings, retry: RetrySettings) -> Verdict:
     """:func:`classify`, then dead-letter a retry once ``max_deliveries`` is used up."""
-    return _capped(classify(attempt, delivery, retry), attempt, deliveries, delivery)
+    return capped(classify(attempt, delivery, retry), attempt, deliveries, delivery)
 
 
 _BATCH_STATUS = {
@@ -166,7 +166,7 @@ _BATCH_STATUS = {
 
 
 def _batch_statuses(attempt: Attempt) -> dict[str, str] | None:
-    reply = _json_reply(attempt)
+    reply = json_reply(attempt)
     if not isinstance(reply, dict) or not isinstance(reply.get("statuses"), list):
         return None
     statuses = {}
@@ -206,7 +206,7 @@ def decide_batch(
             verdict = Verdict(Action.RETRY, "missing-status")
         else:
             verdict = _BATCH_STATUS.get(status, Verdict(Action.RETRY, "unknown-status"))
-        verdicts.append(_capped(verdict, attempt, entry.deliveries, delivery))
+        verdicts.append(capped(verdict, attempt, entry.deliveries, delivery))
     return verdicts
 
 

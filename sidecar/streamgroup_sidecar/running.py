@@ -36,8 +36,10 @@ from streamgroup_core.serving import Server, make_app
 from . import commands
 from .acking import Acker
 from .config import Settings
-from .dead_lettering import DeadLetters
+from .dapr import DaprFraming, Subscriptions
+from .dead_lettering import DeadLetters, dead_letter_keys
 from .delivering import make_deliverer
+from .framing import Framing, StreamgroupFraming
 from .health import Health
 from .leasing import LeaseKeeper
 from .leaving import Handover
@@ -74,7 +76,16 @@ class Sidecar:
         self._ack_incident = Incident(logger, "acknowledging entries (XACK)")
         self._acker = Acker(self._send_acks, self._on_ack_error, metrics.acks.inc)
         dead_letters = DeadLetters(settings, redis, health, metrics, stop)
-        self._workers = Workers(settings, tracker, self._deliverer, self._acker, dead_letters, health, metrics, stop)
+        framing: Framing
+        self._subscriptions: Subscriptions | None = None
+        if delivery.protocol == "dapr":
+            framing = DaprFraming(settings)
+            keys = dead_letter_keys(delivery.dead_letter_stream, settings.group.streams, settings.redis.mode)
+            self._subscriptions = Subscriptions(settings, health, framing, keys)
+        else:
+            framing = StreamgroupFraming(settings)
+        self._workers = Workers(settings, tracker, self._deliverer, self._acker, dead_letters, health, metrics, stop,
+                                framing)
         reclaimer = Reclaimer(settings, redis, tracker, dead_letters, metrics, stop, done=self._acker.holds)
         self._reader = Reader(settings, redis, tracker, reclaimer, health, metrics, stop)
         self._leases = LeaseKeeper(settings, redis, tracker, health, metrics)
@@ -95,8 +106,11 @@ class Sidecar:
         logger.info("sidecar starting", extra={"sg": {
             "redis": hide_url_passwords(s.redis.url), "redis_mode": s.redis.mode, "streams": list(s.group.streams),
             "group": s.group.group, "consumer": s.group.consumer, "app": hide_url_passwords(s.delivery.app_url),
-            "health_port": self._server.port,
+            "health_port": self._server.port, "app_protocol": s.delivery.protocol,
         }})
+        if self._subscriptions is not None and not await self._discover(stop):
+            await self._shutdown_before_start()
+            return
         self._workers.start()
         background = [
             asyncio.create_task(self._workers.watch(), name="workers"),
@@ -105,6 +119,8 @@ class Sidecar:
             asyncio.create_task(self._leases.run(), name="lease"),
             asyncio.create_task(self.health.heartbeat(), name="heartbeat"),
         ]
+        if self._subscriptions is not None:
+            background.append(asyncio.create_task(self._subscriptions.watch(), name="subscriptions"))
         if s.delivery.app_health_url:
             background.append(asyncio.create_task(self.health.probe_app(
                 self._deliverer, s.delivery.app_health_url, s.delivery.app_health_interval), name="health"))
@@ -117,6 +133,33 @@ class Sidecar:
                     raise task.exception()  # type: ignore[misc]
         finally:
             await self._shutdown(reader, background, stopper)
+
+    async def _discover(self, stop: asyncio.Event) -> bool:
+        """``--app-protocol dapr``: read the app's subscriptions before anything is read; ``False`` if stopped first.
+
+        Raises :class:`~streamgroup_sidecar.dapr.SubscriptionError` (a ConfigError: exit 2) if they cannot be served.
+        """
+        assert self._subscriptions is not None
+        relay = asyncio.create_task(self._relay_stop(stop), name="stop-relay")
+        try:
+            return await self._subscriptions.discover(self._stop)
+        except BaseException:
+            await self._shutdown_before_start()
+            raise
+        finally:
+            relay.cancel()
+
+    async def _relay_stop(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._stop.set()
+
+    async def _shutdown_before_start(self) -> None:
+        """Stop what :meth:`run` started before the workers and the reader: nothing was read, nothing is held."""
+        self._stop.set()
+        await self._deliverer.close()
+        await self._server.stop()
+        await self._redis.aclose()
+        logger.info("stopped before delivering anything")
 
     async def _shutdown(self, reader: asyncio.Task[None], background: list[asyncio.Task[Any]],
                         stopper: asyncio.Task[Any]) -> None:

@@ -26,11 +26,11 @@ from .commands import TRIMMED_DETAIL
 from .config import RetrySettings, Settings
 from .dead_lettering import DeadLetters
 from .delivering import Deliverer
-from .encoding import MissingBodyField, RequestBuilder
 from .entries import Entry
+from .framing import Framing, Part
 from .health import Health
 from .metrics import Metrics
-from .replies import Action, Attempt, Verdict, backoff, decide, decide_batch, unreachable
+from .replies import Action, Attempt, Verdict, backoff, unreachable
 from .stopping import Stop
 from .tracking import InFlight
 
@@ -40,7 +40,7 @@ APP_DOWN_RETRY = RetrySettings(initial=0.1, maximum=1.0, multiplier=2.0, jitter=
 
 class Workers:
     def __init__(self, settings: Settings, tracker: InFlight, deliverer: Deliverer, acker: Acker,
-                 dead_letters: DeadLetters, health: Health, metrics: Metrics, stop: Stop) -> None:
+                 dead_letters: DeadLetters, health: Health, metrics: Metrics, stop: Stop, framing: Framing) -> None:
         delivery = settings.delivery
         self._delivery = delivery
         self._retry = settings.retry
@@ -51,13 +51,7 @@ class Workers:
         self._health = health
         self._metrics = metrics
         self._stop = stop
-        self._builder = RequestBuilder(
-            group=settings.group.group, consumer=settings.group.consumer, body=delivery.body,
-            body_field=delivery.body_field, content_type=delivery.content_type,
-            cloudevents_type=delivery.cloudevents_type,
-        )
-        self._static = {s: self._builder.static_headers(s) for s in settings.group.streams}
-        self._batch_headers = self._builder.batch_headers()
+        self._framing = framing
         self._count = max(1, delivery.max_in_flight // delivery.batch_size)
         self._tasks: list[asyncio.Task[None]] = []
         self._retrying: set[asyncio.Task[None]] = set()
@@ -145,41 +139,41 @@ class Workers:
         if not ready:
             return
         delivery = self._delivery
-        if (delivery.app_health_url and not self._health.app_up
+        if (delivery.app_watched and not self._health.app_up
                 and await self._stop.before(self._health.wait_app_up())):
             for entry in ready:
                 tracker.finish(entry)  # not attempted: it stays pending, handed over at shutdown
             return
-        first = ready[0]
-        try:
-            if delivery.batch_size > 1:
-                request = self._builder.build_batch(ready, self._batch_headers)
-            else:
-                request = self._builder.build(first, self._static[first.stream])
-        except MissingBodyField as exc:
-            await self._dead_letters.write(first, "missing-body-field", str(exc))
-            tracker.finish(first)
-            return
+        parts, settled = self._framing.frame(ready)
+        for item in settled:
+            await self._settle(item.entry, item.verdict, item.detail, item.counts)
+        if len(parts) == 1:
+            await self._post(parts[0])
+        elif parts:  # a routing protocol split them (several routes): the requests go at once
+            await asyncio.gather(*(self._post(part) for part in parts))
+
+    async def _post(self, part: Part) -> None:
+        """One attempt for the entries of ``part``, then settle each by its verdict."""
         started = time.perf_counter()
-        attempt = await self._deliverer.post(request)
+        attempt = await self._deliverer.post(part.request)
         elapsed = time.perf_counter() - started
         self._note_app(attempt)
         result = "ok" if attempt.status is not None and 200 <= attempt.status < 300 else (
             f"status-{attempt.status}" if attempt.status is not None else (attempt.error or "error"))
-        if delivery.batch_size > 1:
-            verdicts = decide_batch(attempt, ready, delivery, self._retry)
-        else:
-            verdicts = [decide(attempt, first.deliveries, delivery, self._retry)]
-        self._metrics.stream(first.stream).latency.observe(elapsed)  # one observation per request
-        for stream, entries in _by_stream(ready):
-            self._metrics.stream(stream).attempt(result, len(entries))
-        accepted = [entry for entry, verdict in zip(ready, verdicts, strict=True) if verdict.action is Action.ACK]
-        for stream, entries in _by_stream(accepted):
-            self._acknowledge(stream, entries)
-        if len(accepted) < len(ready):
-            for entry, verdict in zip(ready, verdicts, strict=True):
+        entries = part.entries
+        verdicts = self._framing.decide(part, attempt)
+        self._metrics.stream(entries[0].stream).latency.observe(elapsed)  # one observation per request
+        for stream, of_stream in _by_stream(entries):
+            self._metrics.stream(stream).attempt(result, len(of_stream))
+        accepted = [entry for entry, verdict in zip(entries, verdicts, strict=True) if verdict.action is Action.ACK]
+        for stream, of_stream in _by_stream(accepted):
+            self._acknowledge(stream, of_stream)
+        if len(accepted) < len(entries):
+            # Never the entry's fault when the app could not be reached: such an attempt does not count.
+            counts = not unreachable(attempt)
+            for entry, verdict in zip(entries, verdicts, strict=True):
                 if verdict.action is not Action.ACK:
-                    await self._settle(entry, verdict, attempt, result)
+                    await self._settle(entry, verdict, f"last attempt: {result}", counts)
 
     def _acknowledge(self, stream: str, entries: list[Entry]) -> None:
         """The app accepted ``entries`` of ``stream``: queue their XACKs, count them, let them leave the tracker.
@@ -197,19 +191,22 @@ class Workers:
             observe(max(0.0, now - entry_ms(entry_id) / 1000))
         self._tracker.acked(stream, entries)
 
-    async def _settle(self, entry: Entry, verdict: Verdict, attempt: Attempt, result: str) -> None:
-        """An entry the app did not accept: dead-letter it, or retry it after a back-off."""
+    async def _settle(self, entry: Entry, verdict: Verdict, detail: str, counts: bool) -> None:
+        """An entry the app did not accept: dead-letter it, or retry it after a back-off.
+
+        ``counts``: whether the attempt counts towards ``--max-deliveries`` (not when the app was unreachable:
+        then the short back-off of :data:`APP_DOWN_RETRY` applies).
+        """
         if verdict.action is Action.DEAD_LETTER:
-            await self._dead_letters.write(entry, verdict.reason, f"last attempt: {result}")
+            await self._dead_letters.write(entry, verdict.reason, detail)
             self._tracker.finish(entry)
             return
         self._metrics.retries.labels(entry.stream, verdict.reason).inc()
         entry.failures += 1
-        app_down = unreachable(attempt)  # never the entry's fault: the attempt does not count
         delay = verdict.delay if verdict.delay is not None else backoff(
-            entry.failures, APP_DOWN_RETRY if app_down else self._retry, self._rng)
+            entry.failures, self._retry if counts else APP_DOWN_RETRY, self._rng)
         self._tracker.retry_later(entry)
-        task = asyncio.create_task(self._retry_later(entry, delay, counts=not app_down))
+        task = asyncio.create_task(self._retry_later(entry, delay, counts=counts))
         self._retrying.add(task)
         task.add_done_callback(self._retrying.discard)
 
@@ -228,7 +225,8 @@ class Workers:
         if attempt.error is not None and unreachable(attempt):
             self._health.app_state(False, "TLS handshake failed" if attempt.error == "tls"
                                    else "connection refused or unreachable")
-        elif attempt.status is not None:
+        elif attempt.status is not None and not self._delivery.app_watched:
+            # (With --app-protocol dapr the app is back once its subscriptions are read again.)
             self._health.app_state(True)
 
 

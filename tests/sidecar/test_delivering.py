@@ -11,7 +11,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from streamgroup_sidecar import working
+from streamgroup_sidecar import framing
 from streamgroup_sidecar.acking import Acker
 from streamgroup_sidecar.running import Sidecar
 from tests.sidecar.conftest import eventually, group_pending, running, settings_for, wait_for_pending_zero
@@ -363,7 +363,7 @@ class TestABrokenWorker:
         def broken(*_: object, **__: object) -> object:
             raise RuntimeError("a bug in the reply contract")
 
-        monkeypatch.setattr(working, "decide", broken)
+        monkeypatch.setattr(framing, "decide", broken)
         produce(redis_server, "orders", 3)
         sidecar = Sidecar(settings_for(redis_server, app))
         with pytest.raises(RuntimeError, match="a bug in the reply contract"):
