@@ -192,6 +192,8 @@ class DeliverySpec:
     port: int = 8080
     path: str = "/"
     health_path: str | None = None
+    protocol: str = "streamgroup"
+    dapr_pubsub: str | None = None
     body: str = "json"
     body_field: str | None = None
     content_type: str | None = None

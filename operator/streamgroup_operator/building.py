@@ -65,6 +65,8 @@ def sidecar_env(spec: StreamGroupSpec, health_port: int) -> list[Body]:
         ("SG_START_FROM", spec.start_from),
         ("SG_APP_URL", f"http://127.0.0.1:{port}{delivery.path}"),
         ("SG_APP_HEALTH_URL", f"http://127.0.0.1:{port}{delivery.health_path}" if delivery.health_path else None),
+        ("SG_APP_PROTOCOL", delivery.protocol if delivery.protocol != "streamgroup" else None),
+        ("SG_DAPR_PUBSUB", delivery.dapr_pubsub),
         ("SG_BODY", delivery.body),
         ("SG_BODY_FIELD", delivery.body_field),
         ("SG_CONTENT_TYPE", delivery.content_type),

@@ -119,6 +119,13 @@ class TestTheSidecarContract:
         settings = parse_settings([], as_kubelet_would(env, "p", {("redis-auth", "password"): "pw"}))
         assert (settings.delivery.batch_size, settings.delivery.batch_wait) == (8, 0.005)
 
+    def test_a_dapr_app_reaches_the_sidecar_as_the_dapr_protocol_and_its_pubsub(self) -> None:
+        plain = {e["name"] for e in sidecar_of(deploy(streamgroup(), 1))["env"]}
+        assert not plain & {"SG_APP_PROTOCOL", "SG_DAPR_PUBSUB"}  # the default protocol rolls nothing
+        env = sidecar_of(deploy(streamgroup(delivery={"protocol": "dapr", "daprPubsub": "orders-pubsub"})))["env"]
+        settings = parse_settings([], as_kubelet_would(env, "p", {("redis-auth", "password"): "pw"}))
+        assert (settings.delivery.protocol, settings.delivery.dapr_pubsub) == ("dapr", "orders-pubsub")
+
     def test_defaults_on_both_sides_agree(self) -> None:
         env = sidecar_of(deploy(streamgroup(), 1))["env"]
         settings = parse_settings([], as_kubelet_would(env, "pod-1", {("redis-auth", "password"): "pw"}))
