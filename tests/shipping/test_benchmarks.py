@@ -61,3 +61,23 @@ class TestTheHarness:
                                "--top", "5"], cwd=REPO, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]
         assert "2001 entries" in done.stdout and "streamgroup_sidecar" in done.stdout
+
+
+class TestTheOperatorScenario:
+    def test_a_few_streamgroups_are_made_measured_and_everything_it_started_is_stopped(self, tmp_path: Path) -> None:
+        """bench.operator_scale end to end with five StreamGroups (it needs the control-plane binaries)."""
+        figures, record = tmp_path / "scale.json", tmp_path / "processes"
+        env = {**os.environ, PROCESS_LOG: str(record)}
+        done = subprocess.run([sys.executable, "-m", "bench.operator_scale", "--streamgroups", "5", "--resync", "1",
+                               "--settle", "1", "--window", "2", "--json", str(figures)], cwd=REPO,
+                              capture_output=True, text=True, timeout=240, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        result = json.loads(figures.read_text())
+        for figure in ("groups_made_s", "deployments_made_s", "lag_in_every_status_s", "scaled_everywhere_s",
+                       "operator_cpu_percent", "operator_rss_mb"):
+            assert isinstance(result[figure], float), figure
+        assert "steady-state operator CPU" in done.stdout
+        started = record.read_text().splitlines()
+        for name in ("kube-apiserver", "etcd", "redis", "operator"):
+            assert any(line.endswith(f" {name}") for line in started), name
+        assert still_running(record) == [], "the scenario stopped every process it started"
