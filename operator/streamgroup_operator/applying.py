@@ -4,14 +4,24 @@ The Deployment is written with server-side apply under one field manager, so fie
 other controllers own (an HPA on the Deployment would conflict: use the StreamGroup's scale
 subresource instead) are reported as conflicts rather than silently overwritten, and fields
 the operator stops setting are removed.
+
+Every call goes through one shared client (one pool of kept-alive connections: a client per
+call meant a TLS handshake per call) and reads the reply as plain JSON: the kubernetes client's
+models cost more CPU than the rest of a resync together, for dicts the operator uses anyway. The
+calls run in the operator's own threads (:data:`THREADS`), not asyncio's default few, which a
+thousand StreamGroups created at once would keep waiting behind each other.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-from typing import Any
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
+import orjson
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
@@ -20,81 +30,137 @@ from streamgroup_core.spec import API_GROUP, API_VERSION, PLURAL
 from .building import selector_string
 
 FIELD_MANAGER = "streamgroup-operator"
+THREADS = 32
+"""API calls under way at once (each blocks a thread while it waits for the API server)."""
+POOL_SIZE = THREADS
+"""Kept-alive connections to the API server: one per thread."""
+
+MERGE_PATCH = "application/merge-patch+json"
+
+_shared: Any = None
+_lock = threading.Lock()
+_threads = ThreadPoolExecutor(THREADS, thread_name_prefix="kubernetes")
+T = TypeVar("T")
 
 
-def _plain(obj: Any) -> dict[str, Any]:
-    """A client model as the plain dict the API server would send."""
-    plain: dict[str, Any] = k8s.ApiClient().sanitize_for_serialization(obj)
-    return plain
+async def _run(call: Callable[[], T]) -> T:
+    return await asyncio.get_running_loop().run_in_executor(_threads, call)
+
+
+def api() -> Any:
+    """The one ApiClient, made on first use from the configuration :func:`.authenticating.load` set."""
+    global _shared
+    with _lock:
+        if _shared is None:
+            config: Any = k8s.Configuration.get_default_copy()
+            config.connection_pool_maxsize = POOL_SIZE
+            _shared = k8s.ApiClient(config)
+        return _shared
+
+
+def _json(response: Any) -> dict[str, Any]:
+    """The body of a raw (``_preload_content=False``) reply."""
+    parsed: dict[str, Any] = orjson.loads(response.data)
+    return parsed
 
 
 async def apply_deployment(body: dict[str, Any]) -> dict[str, Any]:
     meta = body["metadata"]
 
     def call() -> dict[str, Any]:
-        api = k8s.AppsV1Api()
-        result = api.patch_namespaced_deployment(
+        return _json(k8s.AppsV1Api(api()).patch_namespaced_deployment(
             meta["name"], meta["namespace"], body, field_manager=FIELD_MANAGER, force=True,
-            _content_type="application/apply-patch+yaml",
-        )
-        return _plain(result)
+            _content_type="application/apply-patch+yaml", _preload_content=False,
+        ))
 
-    return await asyncio.to_thread(call)
+    return await _run(call)
 
 
 async def read_deployment(namespace: str, name: str) -> dict[str, Any] | None:
     def call() -> dict[str, Any] | None:
         try:
-            result = k8s.AppsV1Api().read_namespaced_deployment(name, namespace)
+            return _json(k8s.AppsV1Api(api()).read_namespaced_deployment(name, namespace, _preload_content=False))
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
-        return _plain(result)
 
-    return await asyncio.to_thread(call)
+    return await _run(call)
 
 
 async def scale_deployment(namespace: str, name: str, replicas: int) -> None:
     """Set replicas only (through the Deployment's scale subresource), leaving the rest alone."""
     def call() -> None:
-        k8s.AppsV1Api().patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
+        k8s.AppsV1Api(api()).patch_namespaced_deployment_scale(
+            name, namespace, {"spec": {"replicas": replicas}}, _content_type=MERGE_PATCH, _preload_content=False)
 
-    await asyncio.to_thread(call)
+    await _run(call)
+
+
+async def patch_status(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
+    """Merge-patch the StreamGroup's status (``None`` values remove fields); ``None`` if it is gone."""
+    def call() -> dict[str, Any] | None:
+        try:
+            return _json(k8s.CustomObjectsApi(api()).patch_namespaced_custom_object_status(
+                API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": status}, _content_type=MERGE_PATCH,
+                _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    return await _run(call)
 
 
 async def live_pod_names(namespace: str, name: str) -> set[str]:
     """Names of the StreamGroup's pods that exist and are not finished (their consumers are alive)."""
     def call() -> set[str]:
-        pods: Any = k8s.CoreV1Api().list_namespaced_pod(namespace, label_selector=selector_string(name))
-        return {str(p.metadata.name) for p in pods.items
-                if (p.status is None or p.status.phase not in ("Succeeded", "Failed"))
-                and p.metadata.deletion_timestamp is None}
+        pods = _json(k8s.CoreV1Api(api()).list_namespaced_pod(
+            namespace, label_selector=selector_string(name), _preload_content=False))
+        return {str(p["metadata"]["name"]) for p in pods.get("items") or []
+                if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+                and not p["metadata"].get("deletionTimestamp")}
 
-    return await asyncio.to_thread(call)
+    return await _run(call)
 
 
 async def read_secret_data(namespace: str, name: str) -> dict[str, bytes] | None:
     """The decoded data of a Secret, or ``None`` if it does not exist."""
     def call() -> dict[str, bytes] | None:
         try:
-            secret = k8s.CoreV1Api().read_namespaced_secret(name, namespace)
+            secret = _json(k8s.CoreV1Api(api()).read_namespaced_secret(name, namespace, _preload_content=False))
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
-        return {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
+        return {key: base64.b64decode(value) for key, value in (secret.get("data") or {}).items()}
 
-    return await asyncio.to_thread(call)
+    return await _run(call)
 
 
 async def list_streamgroups(namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
     """Every StreamGroup the operator watches (to know whether a consumer group is shared)."""
     def call() -> list[dict[str, Any]]:
-        api: Any = k8s.CustomObjectsApi()
+        custom: Any = k8s.CustomObjectsApi(api())
         if not namespaces:
-            return list(api.list_cluster_custom_object(API_GROUP, API_VERSION, PLURAL).get("items", []))
+            return list(custom.list_cluster_custom_object(API_GROUP, API_VERSION, PLURAL).get("items", []))
         return [item for ns in namespaces
-                for item in api.list_namespaced_custom_object(API_GROUP, API_VERSION, ns, PLURAL).get("items", [])]
+                for item in custom.list_namespaced_custom_object(API_GROUP, API_VERSION, ns, PLURAL).get("items", [])]
 
-    return await asyncio.to_thread(call)
+    return await _run(call)
+
+
+async def create_event(body: dict[str, Any]) -> None:
+    def call() -> None:
+        events: Any = k8s.CoreV1Api(api())
+        events.create_namespaced_event(body["metadata"]["namespace"], body, _preload_content=False)
+
+    await _run(call)
+
+
+async def patch_event(namespace: str, name: str, patch: dict[str, Any]) -> None:
+    def call() -> None:
+        k8s.CoreV1Api(api()).patch_namespaced_event(name, namespace, patch, _content_type=MERGE_PATCH,
+                                                    _preload_content=False)
+
+    await _run(call)

@@ -4,42 +4,25 @@ kopf is not asked to post anything: in kopf 1.45 log messages become Events only
 ``settings.posting.loggers`` (off by default, which is why a StreamGroup whose Redis was down
 showed ``Events: <none>``), and each of its posts is a new Event, one per failed resync. The
 :class:`Recorder` keeps one Event per incident with a count instead (see :mod:`.recording`),
-through the core/v1 events API: create, and patch of the count. A write that fails is logged and
-retried at the next observation after the repeat interval; it never fails a handler.
+through the core/v1 events API (the calls are :mod:`.applying`'s): create, and patch of the count.
+A write that fails is logged and retried at the next observation after the repeat interval; it
+never fails a handler.
 """
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
 from collections.abc import Collection, Mapping
-from typing import Any
 
-from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from . import recording
+from .applying import create_event, patch_event
 from .conditions import now_text
 from .config import EventSettings
 from .loggers import for_streamgroup
 from .recording import Incident, Ref
-
-
-async def create_event(body: dict[str, Any]) -> None:
-    def call() -> None:
-        api: Any = k8s.CoreV1Api()
-        api.create_namespaced_event(body["metadata"]["namespace"], body)
-
-    await asyncio.to_thread(call)
-
-
-async def patch_event(namespace: str, name: str, patch: dict[str, Any]) -> None:
-    def call() -> None:
-        api: Any = k8s.CoreV1Api()
-        api.patch_namespaced_event(name, namespace, patch)
-
-    await asyncio.to_thread(call)
 
 
 class Recorder:
