@@ -4,11 +4,19 @@ Lag comes from ``XINFO GROUPS``. Redis reports it as nil when it cannot compute 
 XDEL, XSETID, or when the group's position was trimmed away); then the entries after the
 group's last-delivered ID are counted with one bounded XRANGE, and a count that reaches the
 bound is reported as the bound (a lower bound: never more scaling than the data supports).
+
+Every StreamGroup on one Redis deployment is measured together (:func:`measure_all`): one
+pipeline of four commands per stream (XINFO GROUPS, XLEN of its dead letters, XINFO CONSUMERS,
+XPENDING), one round trip for them all, and a second only for the streams whose lag Redis could
+not tell. An error Redis answers to one command fails that StreamGroup's measurement only; a
+connection that fails, all of them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -17,6 +25,7 @@ from redis.exceptions import ResponseError
 from streamgroup_core import groups
 from streamgroup_core.connecting import Endpoint, async_client
 from streamgroup_core.groups import text as _text
+from streamgroup_core.ids import parse_id
 
 LAG_COUNT_BOUND = 10_000
 
@@ -117,38 +126,133 @@ def entries_read(info: dict[str, Any]) -> int | None:
     return None
 
 
-async def bounded_lag(client: aioredis.Redis, stream: str, last_delivered: str) -> int:
-    """Entries after ``last_delivered``, counted up to :data:`LAG_COUNT_BOUND`."""
-    rows = await client.xrange(stream, min=f"({last_delivered}", max="+", count=LAG_COUNT_BOUND)
-    return len(rows)
+@dataclass(frozen=True)
+class Target:
+    """What to measure for one StreamGroup: its group on its streams, and their dead-letter streams."""
+
+    streams: tuple[str, ...]
+    group: str
+    dead_letter_streams: tuple[str, ...]
+
+
+COMMANDS_PER_STREAM = 4
+
+
+def _group_row(reply: Any, group: str) -> dict[str, Any] | None:
+    """The group's row of an XINFO GROUPS reply (``None``: no such group); an error reply is raised."""
+    if isinstance(reply, ResponseError):
+        if "no such key" in str(reply).lower():
+            return None
+        raise reply
+    for row in reply:
+        if _text(row["name"]) == group:
+            return {_text(k): v for k, v in row.items()}
+    return None
+
+
+def _checked(reply: Any) -> Any:
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
+
+
+def pending_age(summary: dict[str, Any], now: float) -> float | None:
+    """Seconds since the oldest pending entry was added (from its ID), from an XPENDING summary."""
+    oldest = summary.get("min")
+    if not summary.get("pending") or not oldest:
+        return None
+    ms, _ = parse_id(_text(oldest))
+    return max(0.0, now - ms / 1000)
+
+
+def _stream_stats(stream: str, group: str, replies: Sequence[Any], now: float) -> tuple[StreamStats, str | None]:
+    """One stream's numbers from its four replies, and the last-delivered ID if its lag must be counted."""
+    info = _group_row(replies[0], group)
+    dead_letters = int(_checked(replies[1]))
+    if info is None:
+        return StreamStats(stream, False, None, 0, None, {}, dead_letters), None
+    # The group existed at XINFO GROUPS: NOGROUP from the next two means it was deleted in between.
+    rows = _checked(replies[2])
+    summary = _checked(replies[3])
+    lag = info.get("lag")
+    count_from = None
+    if not isinstance(lag, int) or lag < 0:
+        lag, count_from = None, _text(info.get("last-delivered-id", b"0-0"))
+    stats = StreamStats(
+        stream=stream, exists=True, lag=lag, pending=int(info.get("pending") or 0),
+        oldest_pending_age_seconds=pending_age(summary, now),
+        consumers={_text(r["name"]): (int(r["pending"]), int(r["idle"])) for r in rows},
+        dead_letters=dead_letters, entries_read=entries_read(info),
+    )
+    return stats, count_from
+
+
+async def measure_all(client: aioredis.Redis, targets: Sequence[Target]) -> list[GroupStats | Exception]:
+    """Each target's numbers, or the error Redis answered for it, in one pipeline (and one more for lags to count).
+
+    A connection error (or any error of the pipeline as a whole) is raised: it concerns every target.
+    """
+    pipe = client.pipeline(transaction=False)
+    for target in targets:
+        for stream, dead in zip(target.streams, target.dead_letter_streams, strict=True):
+            pipe.xinfo_groups(stream)
+            pipe.xlen(dead)
+            pipe.xinfo_consumers(stream, target.group)
+            pipe.xpending(stream, target.group)
+    replies = await pipe.execute(raise_on_error=False)
+    now = time.time()
+    results: list[GroupStats | Exception] = []
+    uncounted: list[tuple[int, int, str]] = []  # (target, stream, last-delivered ID) whose lag Redis cannot tell
+    at = 0
+    for index, target in enumerate(targets):
+        streams: list[StreamStats] = []
+        failure: Exception | None = None
+        for position, stream in enumerate(target.streams):
+            chunk = replies[at:at + COMMANDS_PER_STREAM]
+            at += COMMANDS_PER_STREAM
+            if failure is not None:
+                continue
+            try:
+                stats, count_from = _stream_stats(stream, target.group, chunk, now)
+            except Exception as exc:  # Redis's answer for this target (NOPERM, NOGROUP, WRONGTYPE, ...)
+                failure = exc
+                continue
+            streams.append(stats)
+            if count_from is not None:
+                uncounted.append((index, position, count_from))
+        results.append(failure if failure is not None else GroupStats(streams))
+    if uncounted:
+        counting = client.pipeline(transaction=False)
+        for index, position, last in uncounted:
+            counting.xrange(targets[index].streams[position], min=f"({last}", max="+", count=LAG_COUNT_BOUND)
+        counted = await counting.execute(raise_on_error=False)
+        for (index, position, _), rows in zip(uncounted, counted, strict=True):
+            result = results[index]
+            if isinstance(result, GroupStats):
+                if isinstance(rows, Exception):
+                    results[index] = rows
+                else:
+                    result.streams[position] = replace(result.streams[position], lag=len(rows))
+    return results
 
 
 async def measure(client: aioredis.Redis, streams: list[str], group: str, dead_letter_streams: list[str]) -> GroupStats:
-    results = []
-    for stream, dead in zip(streams, dead_letter_streams, strict=True):
-        info = await groups.group_info(client, stream, group)
-        dead_letters = int(await client.xlen(dead))
-        if info is None:
-            results.append(StreamStats(stream, False, None, 0, None, {}, dead_letters))
-            continue
-        lag = info.get("lag")
-        if not isinstance(lag, int) or lag < 0:
-            lag = await bounded_lag(client, stream, _text(info.get("last-delivered-id", b"0-0")))
-        rows = await client.xinfo_consumers(stream, group)
-        consumers = {_text(r["name"]): (int(r["pending"]), int(r["idle"])) for r in rows}
-        results.append(StreamStats(
-            stream=stream, exists=True, lag=int(lag), pending=int(info.get("pending") or 0),
-            oldest_pending_age_seconds=await groups.oldest_pending_age(client, stream, group),
-            consumers=consumers, dead_letters=dead_letters,
-            entries_read=entries_read(info),
-        ))
-    return GroupStats(results)
+    """One StreamGroup's numbers (:func:`measure_all` of one); what Redis refused is raised."""
+    [result] = await measure_all(client, [Target(tuple(streams), group, tuple(dead_letter_streams))])
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 @dataclass(frozen=True)
 class Cleanup:
     removed: list[str]
     handed_over: int
+
+
+def idle_consumers(stats: GroupStats, idle_limit_ms: int) -> bool:
+    """Whether some consumer has been idle for ``idle_limit_ms``: only then can one belong to no live replica."""
+    return any(idle_ms >= idle_limit_ms for s in stats.streams for _, idle_ms in s.consumers.values())
 
 
 async def clean_consumers(
