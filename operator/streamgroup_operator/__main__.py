@@ -7,6 +7,7 @@ configuration, a kubeconfig or context that cannot be used) ends the process wit
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -17,7 +18,7 @@ from streamgroup_core import logs
 
 from . import authenticating, handlers
 from .config import PROG, ConfigError, parse_settings
-from .loggers import LOGGER, NamingKopfObjects
+from .loggers import LOGGER, NamingKopfObjects, QuietWatchHandlers
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -30,6 +31,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     logs.setup(settings.logs.level, settings.logs.format).addFilter(NamingKopfObjects())
+    logging.getLogger("kopf.objects").addFilter(QuietWatchHandlers())
     namespaces = settings.watch.namespaces
     LOGGER.info("starting", extra={"sg": {"kubernetes": found.describe(),
                                           "namespaces": ",".join(namespaces) or "(all)"}})

@@ -44,3 +44,18 @@ class NamingKopfObjects(logging.Filter):
             named = f"{ref.get('namespace')}/{ref['name']}" if ref.get("namespace") else str(ref["name"])
             record.sg = {KEY: named, **(context if isinstance(context, dict) else {})}
         return True
+
+
+class QuietWatchHandlers(logging.Filter):
+    """Drops kopf's ``Handler '...' succeeded.`` lines of the handlers that only remember what a watch showed.
+
+    Set on kopf's per-object logger: they run on every watch event of every StreamGroup and of every
+    Deployment the operator made, and their success says nothing.
+    """
+
+    def __init__(self, handlers: tuple[str, ...] = ("streamgroup_seen", "deployment_seen")) -> None:
+        super().__init__()
+        self.lines = frozenset(f"Handler {name!r} succeeded." for name in handlers)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO and record.getMessage() in self.lines)

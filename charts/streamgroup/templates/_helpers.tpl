@@ -48,9 +48,10 @@ app.kubernetes.io/component: operator
 - apiGroups: ["streamgroup.io"]
   resources: ["streamgroups/status"]
   verbs: ["get", "patch"]
+# list and watch: the resync reads replicas from a watch of the Deployments it made (by label), not a GET each.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["apps"]
   resources: ["deployments/scale"]
   verbs: ["patch"]
