@@ -324,8 +324,20 @@ def _convert(value: Any, kind: Any, path: str) -> Any:
     raise TypeError(f"no parser for {kind!r} at {path}")  # a model field of a new type: a bug here
 
 
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """A dataclass's field types, resolved once: get_type_hints evaluates every annotation anew on each call,
+    and the operator parses every StreamGroup's spec on every change."""
+    found = _HINTS.get(cls)
+    if found is None:
+        found = _HINTS[cls] = typing.get_type_hints(cls)
+    return found
+
+
 def _parse(cls: type[T], data: Mapping[str, Any], path: str) -> T:
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         key = json_name(f)
