@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from streamgroup_sidecar.config import parse_settings
+from streamgroup_sidecar.config import ConfigError, parse_settings
 from streamgroup_sidecar.dapr import (
     DaprFraming,
     Routes,
@@ -228,3 +228,17 @@ class TestReplies:
         assert (headers["pubsubname"], headers["ttlInSeconds"], headers["Idempotency-Key"]) == (
             "pubsub", "60", "orders/1700000000000-0")
         assert "bad name" not in headers and "Host" not in headers
+
+
+class TestOptions:
+    def test_the_dapr_protocol_is_off_by_default_and_refuses_what_a_dapr_app_cannot_take(self) -> None:
+        base = {"SG_STREAMS": "orders", "SG_GROUP": "g", "SG_CONSUMER": "c"}
+        assert parse_settings([], base).delivery.protocol == "streamgroup"
+        dapr = parse_settings(["--app-protocol", "dapr", "--dapr-pubsub", "redis"], base).delivery
+        assert (dapr.protocol, dapr.dapr_pubsub) == ("dapr", "redis")
+        with pytest.raises(ConfigError, match="--body raw is for --app-protocol streamgroup"):
+            parse_settings([], {**base, "SG_APP_PROTOCOL": "dapr", "SG_BODY": "raw", "SG_BODY_FIELD": "data"})
+        with pytest.raises(ConfigError, match="--dapr-pubsub / SG_DAPR_PUBSUB is for --app-protocol dapr"):
+            parse_settings([], {**base, "SG_DAPR_PUBSUB": "redis"})
+        with pytest.raises(ConfigError, match="--app-protocol / SG_APP_PROTOCOL"):
+            parse_settings([], {**base, "SG_APP_PROTOCOL": "grpc"})
