@@ -40,10 +40,11 @@ missing (the sidecar also runs without the operator)."""
 
 _SIDECAR_DEAD_LETTERS = ("xadd",)
 
-_OPERATOR = ("xgroup|create", "xgroup|destroy", "xgroup|delconsumer", "xinfo|groups", "xinfo|consumers",
+_OPERATOR = ("xgroup|create", "xgroup|destroy", "xgroup|delconsumer", "xinfo|groups", "xinfo|consumers", "xrange",
              "xpending", "xclaim", "xlen", "eval", "ping")
-"""Create and destroy groups, measure lag, pending and dead letters, remove consumers of no live
-replica after handing their entries over (XCLAIM, or the same leave script as the sidecar's)."""
+"""Create and destroy groups, measure lag, pending and dead letters (XRANGE, bounded, counts the lag
+Redis cannot tell), remove consumers of no live replica after handing their entries over (XCLAIM and
+the same leave script as the sidecar's)."""
 
 _CLI_READ = ("xinfo|groups", "xinfo|consumers", "xinfo|stream", "xpending", "xrange", "xrevrange", "xlen", "type",
              "exists", "ping")

@@ -26,6 +26,7 @@ from streamgroup_core import groups
 from streamgroup_core.connecting import Endpoint, async_client
 from streamgroup_core.groups import text as _text
 from streamgroup_core.ids import parse_id
+from streamgroup_core.permissions import PermissionDenied, is_denied
 
 LAG_COUNT_BOUND = 10_000
 
@@ -187,6 +188,18 @@ def _stream_stats(stream: str, group: str, replies: Sequence[Any], now: float) -
     return stats, count_from
 
 
+_MEASURING = ("XINFO GROUPS", "XLEN", "XINFO CONSUMERS", "XPENDING")
+"""The commands :func:`measure_all` sends for each stream, in order."""
+
+
+def _refusal(replies: Sequence[Any], keys: Sequence[str], commands: Sequence[str] = _MEASURING) -> Exception | None:
+    """The first reply that is Redis refusing a command to this user, as a PermissionDenied naming it and its key."""
+    for command, key, reply in zip(commands, keys, replies, strict=False):
+        if isinstance(reply, Exception) and is_denied(reply):
+            return PermissionDenied(command, [key], str(reply))
+    return None
+
+
 async def measure_all(client: aioredis.Redis, targets: Sequence[Target]) -> list[GroupStats | Exception]:
     """Each target's numbers, or the error Redis answered for it, in one pipeline (and one more for lags to count).
 
@@ -215,7 +228,7 @@ async def measure_all(client: aioredis.Redis, targets: Sequence[Target]) -> list
             try:
                 stats, count_from = _stream_stats(stream, target.group, chunk, now)
             except Exception as exc:  # Redis's answer for this target (NOPERM, NOGROUP, WRONGTYPE, ...)
-                failure = exc
+                failure = _refusal(chunk, (stream, target.dead_letter_streams[position], stream, stream)) or exc
                 continue
             streams.append(stats)
             if count_from is not None:
@@ -230,7 +243,7 @@ async def measure_all(client: aioredis.Redis, targets: Sequence[Target]) -> list
             result = results[index]
             if isinstance(result, GroupStats):
                 if isinstance(rows, Exception):
-                    results[index] = rows
+                    results[index] = _refusal([rows], (targets[index].streams[position],), ("XRANGE",)) or rows
                 else:
                     result.streams[position] = replace(result.streams[position], lag=len(rows))
     return results

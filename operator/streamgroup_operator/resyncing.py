@@ -143,7 +143,7 @@ async def resolve_endpoint(namespace: str, redis: RedisSpec,
     for name in redis.secret_names():
         found[name] = secrets[(namespace, name)] if secrets is not None else await applying.read_secret_data(
             namespace, name)
-    return redis.endpoint(namespace, found)
+    return redis.endpoint(namespace, found, operator=True)  # its own user when operatorCredentials names one
 
 
 def redis_condition(exc: BaseException) -> Condition:
