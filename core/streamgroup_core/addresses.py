@@ -9,7 +9,14 @@ Errors say what is wrong and never show the password.
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+from redis import connection
+
+# How redis-py reads a URL when it makes a client (typed here: redis-py's function is not).
+_redis_reading: Callable[[str], dict[str, Any]] = connection.parse_url
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 MODES = ("standalone", "cluster", "sentinel")
@@ -42,17 +49,19 @@ def split_url(url: str, default_port: int = 6379) -> UrlParts:
         username = urllib.parse.unquote(user) or None
         password = urllib.parse.unquote(secret) if colon else None
     hosts: list[tuple[str, int]] = []
-    for item in hostlist.split(","):
+    # Addresses are named by their place, not shown: in a URL whose password holds an unescaped / ? or #,
+    # what is taken for the list of hosts is a piece of the password.
+    for place, item in enumerate(hostlist.split(","), start=1):
         item = item.strip()
         if not item:
-            raise ValueError("has an empty address in its list of hosts")
+            raise ValueError(f"has an empty address (number {place}) in its list of hosts")
         try:
             parsed = urllib.parse.urlsplit(f"//{item}")
             host, port = parsed.hostname, parsed.port
         except ValueError:
-            raise ValueError(f"has an invalid port in {item!r}") from None
+            raise ValueError(f"has an invalid port in address number {place} of its list of hosts") from None
         if not host:
-            raise ValueError(f"has no host in {item!r}")
+            raise ValueError(f"has no host in address number {place} of its list of hosts")
         hosts.append((host, port or default_port))
     db_text = path.split("?", 1)[0].strip("/")
     if db_text and not db_text.isdigit():
@@ -66,10 +75,17 @@ def url_for(host: str, port: int = 6379, db: int = 0, tls: bool = False) -> str:
     return f"{'rediss' if tls else 'redis'}://{shown}:{port}/{db}"
 
 
+def _split(text: str) -> urllib.parse.SplitResult:
+    try:
+        return urllib.parse.urlsplit(text)
+    except ValueError:  # urllib's message shows the whole host part, user and password included
+        raise ValueError("is not a URL: an unmatched [ or ], or a character a host cannot have") from None
+
+
 def check_url(text: str, mode: str = "standalone") -> str:
     """``text`` (stripped) if it is a Redis URL this module can use in ``mode``; a ValueError saying why otherwise."""
     text = text.strip()
-    query = urllib.parse.urlsplit(text).query if "://" in text else ""
+    query = _split(text).query if "://" in text else ""
     tls_options = [name for name in urllib.parse.parse_qs(query) if name.lower().startswith("ssl")]
     if tls_options:
         raise ValueError(f"sets TLS in the URL ({', '.join(tls_options)}); TLS is configured with its own "
@@ -81,7 +97,7 @@ def check_url(text: str, mode: str = "standalone") -> str:
         return text
     if "," in text.partition("://")[2].partition("/")[0]:
         raise ValueError("lists several hosts: that is for cluster or sentinel mode")
-    parts = urllib.parse.urlsplit(text)
+    parts = _split(text)
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise ValueError("must start with redis://, rediss:// or unix://")
     if parts.scheme != "unix" and not parts.hostname:
@@ -92,4 +108,8 @@ def check_url(text: str, mode: str = "standalone") -> str:
         _ = parts.port
     except ValueError:
         raise ValueError("has an invalid port") from None
+    try:
+        _redis_reading(text)  # the query's options (socket_timeout=...), read when a client is made
+    except ValueError as exc:
+        raise ValueError(f"has a query option redis-py cannot read ({exc})") from None
     return text

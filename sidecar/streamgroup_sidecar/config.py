@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from streamgroup_core.addresses import DEFAULT_URL, MODES, check_url
@@ -96,7 +97,10 @@ def _stream_list(text: str) -> tuple[str, ...]:
 
 
 def _http_url(text: str) -> str:
-    parts = urlsplit(text.strip())
+    try:
+        parts = urlsplit(text.strip())
+    except ValueError:  # its message shows the host part, password included
+        raise ValueError("is not a URL (a bracket or a character that cannot be in a host)") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an http:// or https:// URL with a host")
     try:
@@ -154,7 +158,28 @@ def _dead_letter_template(text: str) -> str:
 
 
 def _default_consumer(environ: Mapping[str, str]) -> str:
-    return environ.get("HOSTNAME") or socket.gethostname()
+    name = environ.get("HOSTNAME") or socket.gethostname()
+    if not _is_utf8(name):
+        raise ConfigError("--consumer / SG_CONSUMER is required: the host name is not UTF-8 text")
+    return name
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` is text: the system hands bytes that are not UTF-8 over as lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _without_userinfo(text: str) -> str:
+    """``text`` with whatever a URL has between ``//`` and its last ``@`` (user, password) masked."""
+    head, sep, rest = text.partition("://")
+    if not sep or "@" not in rest:
+        return text
+    # The last @: a password may hold /, ? or # unescaped, and then no URL parser finds where it ends.
+    return f"{head}://***@{rest.rpartition('@')[2]}"
 
 
 # --- settings ------------------------------------------------------------------------------
@@ -252,7 +277,6 @@ class DeliverySettings:
         """Whether something besides the deliveries says when the app is back (the health probe, or with
         ``dapr`` the subscriptions read again): then nothing is attempted while it is down."""
         return self.app_health_url is not None or self.protocol == "dapr"
-
 
 
 @dataclass(frozen=True)
@@ -461,11 +485,22 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse prints its usage text and the arguments it could not place, a password among them maybe;
+        # parse_settings says what is wrong itself, this is for anything it does not foresee.
+        raise ConfigError("invalid command line: options are --name VALUE or --name=VALUE (see --help)")
+
+
 def _arg_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="streamgroup-sidecar",
         description="Deliver a Redis consumer group to an HTTP app. "
         f"Every flag also reads from an environment variable ({ENV_PREFIX}NAME); flags win.",
+        # No abbreviations: a new option would silently change what one means, and argparse's
+        # message for an ambiguous one shows the value given with it.
+        allow_abbrev=False,
+        exit_on_error=False,
     )
     for option in OPTIONS:
         if option.env_only:
@@ -476,10 +511,47 @@ def _arg_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_FLAG_LIKE = re.compile(r"--[A-Za-z0-9][A-Za-z0-9_-]{0,40}")
+
+
+def _stray_argument(argv: Sequence[str]) -> str:
+    """The error line for the first argument that is neither a flag nor a flag's value.
+
+    Never the argument itself unless it looks like a flag: it may be a password typed on the command line.
+    """
+    flags = {option.flag: option for option in OPTIONS}
+    index, after = 0, None
+    while index < len(argv):
+        name, has_value, _ = argv[index].partition("=")
+        option = flags.get(name)
+        if option is None or option.env_only:
+            break
+        index, after = index + (1 if has_value else 2), name
+    name = argv[index].partition("=")[0] if index < len(argv) else ""
+    if name in flags:  # an environment-only option
+        return (f"{name} is no flag: set {flags[name].env} instead (the environment only, so that the password "
+                "never shows in the process list)")
+    if _FLAG_LIKE.fullmatch(name):
+        return f"unknown option {name} (see --help)"
+    where = f", after the value of {after}" if after else ""
+    return f"unexpected argument {index + 1}{where}: options are --name VALUE or --name=VALUE (see --help)"
+
+
+def _parse_flags(argv: Sequence[str]) -> dict[str, str | None]:
+    try:
+        namespace, extras = _arg_parser().parse_known_args(list(argv))
+    except argparse.ArgumentError as exc:
+        problem = "needs a value" if "expected" in exc.message else "takes no value"
+        raise ConfigError(f"{exc.argument_name} {problem}: --name VALUE or --name=VALUE (see --help)") from None
+    if extras:
+        raise ConfigError(_stray_argument(argv))
+    return vars(namespace)
+
+
 def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from flags and environment; raise :class:`ConfigError` on the first bad value."""
     environ = os.environ if environ is None else environ
-    args = vars(_arg_parser().parse_args(list(argv) if argv is not None else []))
+    args = _parse_flags(argv or [])
 
     sections: dict[str, dict[str, Any]] = {}
     top: dict[str, Any] = {}
@@ -494,10 +566,12 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
             if option.required:
                 raise ConfigError(f"{option.flag} / {option.env} is required: {option.help}")
             continue
+        if not _is_utf8(raw):
+            raise ConfigError(f"invalid {option.flag} / {option.env} (from {source}): not UTF-8 text")
         try:
             value = option.parse(raw)
         except ValueError as exc:
-            shown = "" if option.secret else f"={raw!r}"
+            shown = "" if option.secret else f"={_without_userinfo(raw)!r}"
             raise ConfigError(f"invalid {option.flag} / {option.env} (from {source}{shown}): {exc}") from None
         section, _, name = option.target.rpartition(".")
         (sections.setdefault(section, {}) if section else top)[name] = value
@@ -527,14 +601,15 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
     sentinel_options = [name for name in ("sentinel_master", "sentinel_username", "sentinel_password")
                         if redis.get(name) is not None]
     if mode == "sentinel" and "sentinel_master" not in sentinel_options:
-        raise ConfigError("--redis-sentinel-master / SG_REDIS_SENTINEL_MASTER is required in sentinel mode")
+        raise ConfigError("--redis-sentinel-master / SG_REDIS_SENTINEL_MASTER is required with --redis-mode sentinel")
     if mode != "sentinel" and sentinel_options:
         raise ConfigError(f"--redis-{sentinel_options[0].replace('_', '-')} is for --redis-mode sentinel only")
     if (redis.get("tls_cert_file") is None) != (redis.get("tls_key_file") is None):
         raise ConfigError("--redis-tls-cert-file and --redis-tls-key-file go together")
-    tls_options = ("tls_ca_file", "tls_cert_file", "tls_server_name")
-    if any(redis.get(o) for o in tls_options) and not str(redis.get("url", "")).startswith("rediss://"):
-        raise ConfigError("--redis-tls-* options need a rediss:// --redis-url / SG_REDIS_URL")
+    tls_options = [name for name in ("tls_ca_file", "tls_cert_file", "tls_server_name") if redis.get(name)]
+    if tls_options and not str(redis.get("url", "")).startswith("rediss://"):
+        raise ConfigError(f"--redis-{tls_options[0].replace('_', '-')}: --redis-tls-* options need a rediss:// "
+                          "--redis-url / SG_REDIS_URL")
 
     return Settings(
         redis=RedisSettings(**sections.get("redis", {})),

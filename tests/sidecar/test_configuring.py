@@ -44,7 +44,7 @@ class TestSources:
         settings = parse_settings([], {**MINIMAL, "SG_REDIS_PASSWORD": "s3cret"})
         assert settings.redis.password == "s3cret"
         assert "s3cret" not in repr(settings)
-        with pytest.raises(SystemExit):
+        with pytest.raises(ConfigError, match="--redis-password is no flag: set SG_REDIS_PASSWORD"):
             parse_settings(["--redis-password", "x"], MINIMAL)
 
     def test_timestamps_become_entry_ids_and_statuses_a_set(self) -> None:
@@ -84,7 +84,7 @@ class TestRedisModes:
             parse_settings([], {**MINIMAL, **env})
 
     def test_the_sentinels_password_is_no_flag(self) -> None:
-        with pytest.raises(SystemExit):
+        with pytest.raises(ConfigError, match="--redis-sentinel-password is no flag: set SG_REDIS_SENTINEL_PASSWORD"):
             parse_settings(["--redis-sentinel-password", "x"], MINIMAL)
 
 
