@@ -1,7 +1,9 @@
 """The image's Python dependencies, locked: every version pinned with the hashes of its files.
 
-Two locks under requirements/, both installed by the Dockerfile with `pip install --require-hashes`:
-- image.txt: the project's runtime dependencies and its `operator` extra (what the image runs);
+Three locks under requirements/, all installed by the Dockerfile with `pip install --require-hashes`:
+- image.txt: the project's runtime dependencies and its `operator` extra (what the full image runs);
+- sidecar.txt: the runtime dependencies alone (what the sidecar image runs: the sidecar imports nothing of
+  the `operator` extra), resolved within image.txt's versions so both images run the same packages;
 - build.txt: pip and the build backend of pyproject.toml (what installs and builds the project).
 
 `bash hack/lock.sh` (this script without `--check`) resolves them again with uv, keeping the versions
@@ -21,8 +23,10 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,6 +74,8 @@ class Lock:
     inputs: Callable[[dict[str, Any]], dict[str, Any]]  # pyproject -> the inputs its fingerprint is made of
     requirements: Callable[[dict[str, Any]], list[str]]  # pyproject -> what the lock must satisfy
     source: Callable[[dict[str, Any]], tuple[list[str], str | None]]  # pyproject -> uv's input args, its stdin
+    # Another lock whose versions this one must keep (uv gets them as constraints).
+    within: str | None = None
 
 
 def _normalized(requirements: list[str]) -> list[str]:
@@ -94,6 +100,15 @@ def _image_inputs(pyproject: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _sidecar_inputs(pyproject: dict[str, Any]) -> dict[str, Any]:
+    project = pyproject["project"]
+    return {
+        "python": PYTHON_VERSION,
+        "requires-python": project.get("requires-python"),
+        "dependencies": _normalized(project.get("dependencies", [])),
+    }
+
+
 def _build_requirements(pyproject: dict[str, Any]) -> list[str]:
     return [*pyproject["build-system"]["requires"], "pip"]
 
@@ -109,6 +124,14 @@ LOCKS = (
         inputs=_image_inputs,
         requirements=_image_requirements,
         source=lambda _: (["pyproject.toml", *(arg for extra in IMAGE_EXTRAS for arg in ("--extra", extra))], None),
+    ),
+    Lock(
+        path="requirements/sidecar.txt",
+        description="the runtime dependencies of pyproject.toml alone (the sidecar image)",
+        inputs=_sidecar_inputs,
+        requirements=lambda pyproject: list(pyproject["project"].get("dependencies", [])),
+        source=lambda _: (["pyproject.toml"], None),
+        within="requirements/image.txt",
     ),
     Lock(
         path="requirements/build.txt",
@@ -166,6 +189,11 @@ def problems(lock: Lock, pyproject: dict[str, Any], text: str) -> list[str]:
     for name, same in by_name.items():
         if len(same) > 1 and any(pin.requirement.marker is None for pin in same):
             found.append(f"{lock.path}: {name} is locked more than once: {', '.join(str(p.requirement) for p in same)}")
+    if lock.within is not None and (REPO / lock.within).exists():
+        outer = {pin.name: pin.version for pin in parse((REPO / lock.within).read_text())}
+        for pin in pins:
+            if outer.get(pin.name) != pin.version:
+                found.append(f"{lock.path}: {pin.name}=={pin.version} is not the version {lock.within} locks")
     for text_requirement in lock.requirements(pyproject):
         required = Requirement(text_requirement)
         candidates = by_name.get(canonicalize_name(required.name), [])
@@ -207,10 +235,17 @@ def write(uv_args: list[str]) -> None:
         target = REPO / lock.path
         target.parent.mkdir(exist_ok=True)
         source, stdin = lock.source(pyproject)
+        if lock.within is not None:
+            pins = parse((REPO / lock.within).read_text())
+            constraints = Path(tempfile.mkdtemp()) / "constraints.txt"
+            constraints.write_text("".join(f"{pin.name}=={pin.version}\n" for pin in pins if pin.version))
+            source = [*source, "--constraint", str(constraints)]
         # uv reads the versions already in the output file and keeps them unless told to upgrade.
         subprocess.run([str(uv), "pip", "compile", *source, "--output-file", lock.path, "--universal",
                         "--python-version", PYTHON_VERSION, "--generate-hashes", "--no-header", "--quiet",
                         *uv_args], input=stdin, text=True, cwd=REPO, check=True)
+        if lock.within is not None:
+            shutil.rmtree(constraints.parent)
         target.write_text(_header(lock, pyproject) + target.read_text())
         print(f"lock: wrote {lock.path} ({len(parse(target.read_text()))} packages)")
 
