@@ -29,9 +29,20 @@ REPO = Path(__file__).resolve().parents[2]
 VENV_IN_IMAGE = "/opt/streamgroup"
 
 
-def stages() -> list[str]:
+def stages() -> dict[str, str]:
+    """The Dockerfile's stages by name, each from its FROM line (without the word FROM) to the next."""
     text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
-    return re.split(r"(?m)^FROM ", text)[1:]
+    found = {}
+    for stage in re.split(r"(?m)^FROM ", text)[1:]:
+        words = stage.splitlines()[0].split()
+        assert words[1:2] == ["AS"], f"every stage is named: FROM {stage.splitlines()[0]}"
+        found[words[2]] = stage
+    return found
+
+
+def preamble() -> str:
+    """What comes before the first FROM: the build arguments."""
+    return re.split(r"(?m)^FROM ", (REPO / "Dockerfile").read_text())[0]
 
 
 def load_locking() -> ModuleType:
@@ -49,11 +60,11 @@ LOCK = {lock.path: lock for lock in locking.LOCKS}
 
 
 def pip_installs(stage: str) -> list[list[str]]:
-    """The arguments of every `pip install` in a stage's RUN lines."""
+    """The arguments of every `pip install` in a stage's RUN lines (`pip --python X install` too)."""
     commands = [command.split() for line in stage.splitlines() if line.startswith("RUN ")
                 for command in line.removeprefix("RUN ").split("&&")]
     return [words[words.index("install") + 1:] for words in commands
-            if "install" in words and words[words.index("install") - 1].endswith("pip")]
+            if "install" in words and words[0].endswith("/pip")]
 
 
 def needed(installed: dict[str, Distribution], roots: Iterable[Requirement]) -> tuple[set[str], set[str]]:
@@ -82,7 +93,7 @@ def needed(installed: dict[str, Distribution], roots: Iterable[Requirement]) -> 
 @pytest.fixture(scope="class")
 def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The build stage replayed: its COPY and RUN lines in order, the image's venv in a temporary folder."""
-    build, _ = stages()
+    build = stages()["build"]
     tmp_path = tmp_path_factory.mktemp("image")
     src = tmp_path / "src"
     src.mkdir()
@@ -108,13 +119,29 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class TestDockerfile:
-    def test_the_runtime_stage_runs_as_a_numeric_non_root_user_with_only_the_built_venv(self) -> None:
-        build, runtime = stages()
-        assert " AS build" in build.splitlines()[0]
-        lines = [line.strip() for line in runtime.splitlines() if line.strip() and not line.startswith("#")]
+    @pytest.mark.parametrize(("target", "built_by"), [("full", "build"), ("sidecar", "sidecar-build")])
+    def test_each_image_runs_as_a_numeric_non_root_user_with_only_its_built_venv(self, target: str,
+                                                                                  built_by: str) -> None:
+        lines = [line.strip() for line in stages()[target].splitlines() if line.strip() and not line.startswith("#")]
         assert "USER 65532:65532" in lines
         assert not any(line.startswith("RUN") for line in lines), "no build tools or installs in the final stage"
-        assert f"COPY --from=build {VENV_IN_IMAGE} {VENV_IN_IMAGE}" in lines
+        assert f"COPY --from={built_by} {VENV_IN_IMAGE} {VENV_IN_IMAGE}" in lines
+        assert [line for line in lines if line.startswith("COPY")] == [
+            f"COPY --from={built_by} {VENV_IN_IMAGE} {VENV_IN_IMAGE}"]
+
+    def test_a_plain_build_makes_the_full_image(self) -> None:
+        assert list(stages())[-1] == "full", "docker build without --target builds the last stage"
+
+    def test_the_sidecar_venv_is_filled_from_outside_so_it_holds_no_build_tools(self) -> None:
+        stage = stages()["sidecar-build"]
+        assert f"python -m venv --without-pip {VENV_IN_IMAGE}" in stage
+        commands = [command.split() for line in stage.splitlines() if line.startswith("RUN ")
+                    for command in line.removeprefix("RUN ").split("&&")]
+        pips = [words for words in commands if words[0].endswith("/pip") and "install" in words]
+        into_sidecar = [words[-1] for words in pips if words[1:3] == ["--python", f"{VENV_IN_IMAGE}/bin/python"]]
+        elsewhere = [words[-1] for words in pips if "--python" not in words]
+        assert into_sidecar == ["requirements/sidecar.txt", "/tmp/wheels/*.whl"]
+        assert elsewhere == ["requirements/build.txt"], "pip and setuptools go into the tools' venv only"
 
     @pytest.mark.slow
     def test_replaying_the_build_steps_gives_working_sidecar_operator_and_cli_commands(self, image_venv: Path) -> None:
@@ -195,20 +222,31 @@ class TestLocks:
             f"{image.path}: aiohttp=={aiohttp.version} has no hashes"]
 
     def test_the_locks_target_the_python_of_the_base_image(self) -> None:
-        for stage in stages():
-            assert stage.startswith(f"python:{locking.PYTHON_VERSION}-"), stage.splitlines()[0]
+        assert re.search(rf"(?m)^ARG BASE_IMAGE=python:{re.escape(locking.PYTHON_VERSION)}-\S+$", preamble())
+        for stage in stages().values():
+            assert stage.startswith("${BASE_IMAGE} AS "), stage.splitlines()[0]
 
-    def test_the_build_installs_every_lock_with_hashes_and_wheels_only_then_the_project_without_dependencies(
-            self) -> None:
-        build, _ = stages()
-        installs = pip_installs(build)
-        assert sorted(args[-2:] for args in installs[:-1]) == sorted(["-r", lock.path] for lock in locking.LOCKS)
-        assert installs[-1][-2:] == ["--no-build-isolation", "."], "built by the locked setuptools"
+    def test_the_sidecar_lock_keeps_the_versions_of_the_image_lock(self) -> None:
+        image = {pin.name: pin.version for pin in locking.parse((REPO / "requirements/image.txt").read_text())}
+        sidecar = {pin.name: pin.version for pin in locking.parse((REPO / "requirements/sidecar.txt").read_text())}
+        assert sidecar.items() <= image.items()
+        assert not {"kubernetes", "kopf", "pip", "setuptools"} & set(sidecar)
+
+    @pytest.mark.parametrize(("stage", "locks"), [("build", ["requirements/build.txt", "requirements/image.txt"]),
+                                                  ("sidecar-build", ["requirements/build.txt",
+                                                                     "requirements/sidecar.txt"])])
+    def test_the_build_installs_its_locks_with_hashes_and_wheels_only_then_the_project_without_dependencies(
+            self, stage: str, locks: list[str]) -> None:
+        text = stages()[stage]
+        installs = pip_installs(text)
+        assert sorted(args[-1] for args in installs[:-1]) == locks
+        assert installs[-1][-1] in (".", "/tmp/wheels/*.whl")
         for args in installs[:-1]:
-            assert "--require-hashes" in args, "every file checked against its locked hash"
+            assert args[-2] == "-r" and "--require-hashes" in args, "every file checked against its locked hash"
             assert args[args.index("--only-binary") + 1] == ":all:", "no sdist built with unlocked build dependencies"
         assert "--no-deps" in installs[-1], "every dependency comes from the locks"
-        copied = [line.split()[1] for line in build.splitlines() if line.startswith("COPY ")]
+        assert "--no-build-isolation" in text, "the project is built by the locked setuptools"
+        copied = [line.split()[1] for line in text.splitlines() if line.startswith("COPY ")]
         assert copied[0] == "requirements", "the locks alone first: their layer survives code changes"
 
 
@@ -221,7 +259,8 @@ class TestLicense:
         assert "END OF TERMS AND CONDITIONS" in text and "http://www.apache.org/licenses/LICENSE-2.0" in text
 
     def test_the_image_builds_with_the_license_and_is_labelled_with_it(self) -> None:
-        build, runtime = stages()
-        copied = {source for line in build.splitlines() if line.startswith("COPY ") for source in line.split()[1:-1]}
-        assert "LICENSE" in copied, "the build stage needs it: the package metadata names it"
-        assert 'org.opencontainers.image.licenses="Apache-2.0"' in runtime
+        for build, runtime in [("build", "full"), ("sidecar-build", "sidecar")]:
+            copied = {source for line in stages()[build].splitlines() if line.startswith("COPY ")
+                      for source in line.split()[1:-1]}
+            assert "LICENSE" in copied, "the build stage needs it: the package metadata names it"
+            assert 'org.opencontainers.image.licenses="Apache-2.0"' in stages()[runtime]
