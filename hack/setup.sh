@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what Streamgroup needs on a fresh Debian machine (redis-server, promtool), then
+# Installs what Streamgroup needs on a fresh Debian machine (redis-server, promtool; podman, runc and
+# debootstrap, with which hack/image.sh builds the images the tests run), then
 # the Python environment in .venv with the project installed in editable mode.
 # Idempotent: a second run only checks. Set SG_SKIP_APT=1 to never touch system packages.
 set -euo pipefail
@@ -8,6 +9,10 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v podman >/dev/null 2>&1 || missing+=(podman)
+# podman's default runtime, crun, refuses cgroup v1 with a hybrid mount; hack/podman-env.sh picks runc.
+command -v runc >/dev/null 2>&1 || missing+=(runc)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 if ((${#missing[@]})) && [ "${SG_SKIP_APT:-0}" != 1 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
