@@ -17,7 +17,8 @@ from typing import Any
 
 from streamgroup_core.durations import parse_duration
 
-DEFAULT_SIDECAR_IMAGE = "streamgroup/streamgroup:0.1.0"
+# The Dockerfile's sidecar target, tagged as the full image with "-sidecar" after the tag (README: The image).
+DEFAULT_SIDECAR_IMAGE = "streamgroup/streamgroup:0.1.0-sidecar"
 ENV_PREFIX = "SG_OPERATOR_"
 PROG = "streamgroup-operator"
 
@@ -31,7 +32,7 @@ class SidecarDefaults:
     """What the injected sidecar looks like unless a StreamGroup overrides it."""
 
     image: str = DEFAULT_SIDECAR_IMAGE
-    """Sidecar image (the project's one image runs the sidecar by default)."""
+    """Sidecar image: the project's small sidecar image (the full image runs the sidecar too)."""
     image_pull_policy: str = "IfNotPresent"
     """Pull policy of the sidecar image."""
     health_port: int = 9400

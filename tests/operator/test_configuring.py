@@ -24,7 +24,7 @@ class TestSources:
         assert settings.kube == KubeSettings(None, None)
         assert (settings.logs.level, settings.logs.format) == ("info", "json")
         assert settings.events.repeat_interval == 60.0
-        assert settings.sidecar.image == "streamgroup/streamgroup:0.1.0"
+        assert settings.sidecar.image == "streamgroup/streamgroup:0.1.0-sidecar"
 
     def test_each_flag_has_its_variable_as_a_fallback(self) -> None:
         settings = parse_settings([], {

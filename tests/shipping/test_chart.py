@@ -61,7 +61,7 @@ class TestLintAndRender:
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
         env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
-        assert env["SG_OPERATOR_SIDECAR_IMAGE"] == "streamgroup/streamgroup:0.1.0"
+        assert env["SG_OPERATOR_SIDECAR_IMAGE"] == "streamgroup/streamgroup:0.1.0-sidecar"
         assert env["SG_OPERATOR_NAMESPACES"] == ""
 
     def test_namespaced_mode_grants_roles_in_the_watched_namespaces_only(self) -> None:
