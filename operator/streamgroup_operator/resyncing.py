@@ -48,7 +48,7 @@ from .posting import Recorder
 from .recording import GROUP_LOST, REDIS_REASONS, SUCCESSFUL_RESCALE, Ref
 
 CONCURRENT_WRITES = 32
-"""StreamGroups whose writes (status, scale, Events, consumer removal) are under way at once in a round."""
+"""StreamGroups whose writes (status, scale, Events, consumer removal) are under way at once."""
 CLIENT_IDLE_ROUNDS = 3
 """A Redis client no StreamGroup used for this many resync intervals (and at least a minute) is closed."""
 
@@ -72,6 +72,8 @@ class State:
     """StreamGroups a resync is working on now."""
     newcomers: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when the watch shows a StreamGroup due for its first resync (see :func:`run`)."""
+    writing: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(CONCURRENT_WRITES))
+    """Bounds the StreamGroups being settled at once, over every round and first look."""
     server: Server | None = None
     resyncing: asyncio.Task[None] | None = None
 
@@ -249,14 +251,27 @@ async def _rounds(state: State) -> None:
 
 
 async def _first_looks(state: State) -> None:
-    while True:
-        await state.newcomers.wait()
-        await asyncio.sleep(first_look(state.settings.watch.resync_interval))  # a burst makes one batch
-        state.newcomers.clear()
-        try:
-            await resync_all(state, only_new=True)
-        except Exception:
-            LOGGER.exception("resync failed")
+    batches: set[asyncio.Task[None]] = set()
+    try:
+        while True:
+            await state.newcomers.wait()
+            await asyncio.sleep(first_look(state.settings.watch.resync_interval))  # a burst makes one batch
+            state.newcomers.clear()
+            # Not awaited: a slow write in one batch must not hold back the newcomers of the next.
+            batch = asyncio.create_task(_first_look(state))
+            batches.add(batch)
+            batch.add_done_callback(batches.discard)
+    finally:
+        for batch in batches:
+            batch.cancel()
+        await asyncio.gather(*batches, return_exceptions=True)
+
+
+async def _first_look(state: State) -> None:
+    try:
+        await resync_all(state, only_new=True)
+    except Exception:
+        LOGGER.exception("resync failed")
 
 
 def first_look(interval: float) -> float:
@@ -301,13 +316,12 @@ async def _resync(state: State, members: list[Member]) -> None:
     measured = await asyncio.gather(*(measure(clients[sharing[0].key], sharing) for sharing in on.values()))
     for results in measured:
         outcomes.update(results)
-    writing = asyncio.Semaphore(CONCURRENT_WRITES)
 
     async def settle(member: Member) -> None:
         outcome = outcomes.get(member.key)
         if outcome is None:
             return  # not measured (an error of the client itself, logged)
-        async with writing:
+        async with state.writing:
             try:
                 await resync_one(state, member, outcome, clients.get(member.key))
             except Exception as exc:  # an API call that failed: tried again next round
