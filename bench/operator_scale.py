@@ -264,10 +264,12 @@ def redis_commands(client: redis.Redis) -> int:
 class OperatorUnderTest:
     """``python -m streamgroup_operator`` watching one namespace, its /healthz waited for."""
 
-    def __init__(self, kubeconfig: Path, resync: float, extra: list[str]) -> None:
+    def __init__(self, kubeconfig: Path, resync: float, extra: list[str], source: Path | None = None) -> None:
         self.port = free_port()
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
                "PYTHONUNBUFFERED": "1"}
+        if source is not None:  # another version's operator and core, e.g. `git archive REV operator core`
+            env["PYTHONPATH"] = f"{source / 'operator'}:{source / 'core'}"
         self.proc = Proc("operator", [
             PYTHON, "-m", "streamgroup_operator", "--kubeconfig", str(kubeconfig), "--namespaces", NAMESPACE,
             "--host", "127.0.0.1", "--port", str(self.port), "--resync-interval", f"{resync}s",
@@ -347,7 +349,8 @@ class Bench:
             if watcher.error is not None:
                 raise RuntimeError(f"{watcher.name}: {watcher.error}")
 
-        operator = self.operator = OperatorUnderTest(plane.kubeconfig, args.resync, args.operator_arg or [])
+        operator = self.operator = OperatorUnderTest(plane.kubeconfig, args.resync, args.operator_arg or [],
+                                                     args.operator_source)
         self.figures["operator_rss_mb_started"] = round(operator.proc.rss_mb(), 1)
 
         api = plane.api_client()
@@ -583,6 +586,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--top", type=int, default=25, help="functions listed in the profile")
     parser.add_argument("--keep-log", metavar="PATH", help="copy the operator's log there at the end")
     parser.add_argument("--json", dest="json_path", metavar="PATH", help="write the figures as JSON there")
+    parser.add_argument("--operator-source", type=Path, metavar="DIR",
+                        help="run the operator (and the core) of another version, unpacked in DIR, to compare: "
+                        "mkdir DIR && git archive REV operator core | tar -x -C DIR")
     parser.add_argument("--operator-arg", action="append", metavar="ARG",
                         help="one more argument for the operator (repeatable), e.g. --operator-arg=--log-level=warning")
     args = parser.parse_args(argv)
