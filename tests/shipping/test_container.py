@@ -218,9 +218,17 @@ class TestTheOperatorInTheImage:
             kubectl = plane.kubectl_command()
             subprocess.run([*kubectl, "apply", "-f", str(REPO / "crds")], check=True, capture_output=True,
                            timeout=60)
-            subprocess.run([*kubectl, "wait", "--for=condition=established", "--timeout=30s",
-                            f"crd/{PLURAL}.{GROUP}"], check=True, capture_output=True, timeout=60)
-            subprocess.run([*kubectl, "create", "namespace", "shop"], check=True, capture_output=True, timeout=60)
+
+            def kubectl_ok(*args: str, stdin: str | None = None) -> bool:
+                return subprocess.run([*kubectl, *args], input=stdin, capture_output=True, text=True,
+                                      timeout=60).returncode == 0
+
+            # Polled, not `kubectl wait`: that fails outright while the new CRD is not yet found.
+            eventually(lambda: subprocess.run(
+                [*kubectl, "get", f"crd/{PLURAL}.{GROUP}", "-o",
+                 "jsonpath={.status.conditions[?(@.type=='Established')].status}"],
+                capture_output=True, text=True, timeout=60).stdout == "True", what="the CRD established")
+            assert kubectl_ok("create", "namespace", "shop")
             # The container's user reads its own copy; the original stays private to the test's user.
             config = tmp_path / "kubeconfig"
             shutil.copyfile(plane.kubeconfig, config)
@@ -239,8 +247,10 @@ class TestTheOperatorInTheImage:
             operator.wait_http_ok(f"http://127.0.0.1:{port}/healthz")
 
             body = json.dumps(manifest("billing", redis_server.url))
-            subprocess.run([*kubectl, "create", "--namespace", "shop", "-f", "-"], input=body, text=True,
-                           check=True, capture_output=True, timeout=60)
+            # kubectl may not know the new kind for a moment (its discovery cache): retried until created.
+            eventually(lambda: kubectl_ok("create", "--namespace", "shop", "-f", "-", stdin=body)
+                       or kubectl_ok("get", f"{PLURAL}.{GROUP}", "billing", "--namespace", "shop"),
+                       what="the StreamGroup created")
 
             def deployment() -> dict[str, Any] | None:
                 got = subprocess.run([*kubectl, "get", "deployment", "billing", "--namespace", "shop", "-o", "json"],
