@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 
+from streamgroup_core import kubeconfigs
 from streamgroup_core.addresses import DEFAULT_URL, MODES, check_url
 from streamgroup_core.connecting import Endpoint, Sentinels, sync_client
 from streamgroup_core.deadletters import DEFAULT_TEMPLATE, dead_letter_key_for
@@ -178,6 +179,7 @@ def load_streamgroup(
 
 def _api_client(config: Any, kubeconfig: str | None, context: str | None) -> tuple[Any, str]:
     """An ApiClient and the namespace to use when none is given (the context's, else ``default``)."""
+    kubeconfigs.keep_in_memory()  # a kubeconfig's embedded key is never written to the temporary folder
     default_file = os.path.expanduser(os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)[0])
     if kubeconfig is None and not os.path.exists(default_file) and os.environ.get("KUBERNETES_SERVICE_HOST"):
         from kubernetes import client as k8s

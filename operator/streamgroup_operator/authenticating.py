@@ -8,11 +8,8 @@ looked for when there is nothing to use. What it found configures the kubernetes
 (:func:`load`, used for the operator's own calls) and kopf's login (:func:`credentials`), so
 both talk to the same server as the same user, with the context asked for.
 
-A kubeconfig often embeds its CA, client certificate and key (``client-key-data``). The kubernetes
-client writes such data to files in the temporary folder (kept until the process exits) because
-Python's ssl module and kopf load certificates from paths; that is a client key at rest in a
-writable folder. :func:`_in_memory` gives it, instead, anonymous memory files (``memfd_create``)
-reached through ``/proc/self/fd``: a path for every reader in this process, nothing on any disk.
+A kubeconfig's embedded certificates and key stay in memory (:mod:`streamgroup_core.kubeconfigs`):
+the kubernetes client would otherwise write them to the temporary folder.
 """
 
 from __future__ import annotations
@@ -25,6 +22,8 @@ from typing import Any
 import kopf
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+
+from streamgroup_core import kubeconfigs
 
 from .config import KubeSettings
 
@@ -83,31 +82,10 @@ def locate(kube: KubeSettings, environ: Mapping[str, str], exists: Callable[[str
     raise NoCluster(f"no Kubernetes configuration: {why_not} and {looked}; use --kubeconfig")
 
 
-_HELD: dict[str, str] = {}
-"""Embedded kubeconfig data (by content) and the memory file holding it; open for the process's life,
-since every new TLS connection of either client reads the path again."""
-
-
-def _in_memory(content: Any, temp_file_path: Any = None, force_recreate: bool = False) -> str:
-    """Stands in for the kubernetes client's ``_create_temp_file_with_content``: same contract, no file."""
-    data = content.encode() if isinstance(content, str) else bytes(content)
-    key = data.decode(errors="surrogateescape")
-    if key not in _HELD or force_recreate:
-        fd = os.memfd_create("streamgroup-kubeconfig", os.MFD_CLOEXEC)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        _HELD[key] = f"/proc/self/fd/{fd}"
-    return _HELD[key]
-
-
 def load(found: Found) -> None:
     """Configure the kubernetes client's default configuration; :class:`NoCluster` if it cannot be used."""
     loaders: Any = k8s_config  # untyped
-    if hasattr(os, "memfd_create"):  # Linux; elsewhere the client's own temporary files
-        from kubernetes.config import kube_config
-
-        kube_config._create_temp_file_with_content = _in_memory
+    kubeconfigs.keep_in_memory()
     try:
         if found.kubeconfig is None:
             loaders.load_incluster_config()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +69,18 @@ class TestStreamGroupTarget:
         assert {word for word in arguments if word.startswith("~")} == {
             "~refunds", "~orders:{0}", "~orders:{1}", "~refunds:dead", "~orders:{0}:dead", "~orders:{1}:dead"}
         assert arguments[-1] == "(+xadd ~refunds:dead ~orders:{0}:dead ~orders:{1}:dead)"
+
+    def test_a_kubeconfigs_embedded_key_is_never_written_to_the_temporary_folder(
+        self, apis: Any, kubeconfig: Path, namespace: str, tmp_path: Path
+    ) -> None:
+        assert "client-key-data" in kubeconfig.read_text()  # the test's kubeconfig embeds its key
+        create(apis, namespace, manifest("billing", "redis://127.0.0.1:6379/0"))
+        scratch = tmp_path / "cli-tmp"
+        scratch.mkdir()
+        done = subprocess.run(
+            [sys.executable, "-m", "streamgroup_cli", "--streamgroup", "billing", "-n", namespace,
+             "--kubeconfig", str(kubeconfig), "acl", "--parts", "sidecar"],
+            env={**os.environ, "TMPDIR": str(scratch)}, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "ACL SETUSER" in done.stdout
+        assert list(scratch.iterdir()) == []
