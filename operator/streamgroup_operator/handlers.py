@@ -1,7 +1,7 @@
 """kopf handlers: the thin shell that turns StreamGroup events into Redis and API work.
 
 * on create, update and resume: ensure the consumer group, apply the Deployment (sidecar
-  injected), report conditions;
+  injected), report conditions and the group's lag and pending as they are now;
 * on every watch event of a StreamGroup, and of a Deployment the operator made: keep its latest
   state in memory (:mod:`.indexing`) for the resync;
 * every ``--resync-interval``, one loop for all StreamGroups (:mod:`.resyncing`, started at
@@ -33,6 +33,7 @@ import json
 from typing import Any, cast
 
 import kopf
+import redis.asyncio as aioredis
 from kubernetes.client.exceptions import ApiException
 from redis.exceptions import RedisError
 
@@ -149,6 +150,7 @@ async def reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: k
     # Redis incidents are the resync's to report, which measures every group on a clock: this handler's
     # success (a group created) says nothing of the commands a resync found refused.
     checked = {INVALID_SPEC, INVALID_TEMPLATE}
+    measured: dict[str, Any] = {}
     try:
         client = await state.client_for(namespace, sg)
         created = await grouping.ensure_group(client, list(sg.stream_keys), sg.group, sg.start_position)
@@ -156,6 +158,7 @@ async def reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: k
         updates.append(Condition(GROUP_READY, True, "Created" if created else "Exists",
                                  f"group {sg.group!r} on {len(sg.stream_keys)} stream(s)"
                                  + (f"; created on {', '.join(created)}" if created else "")))
+        measured = await _numbers(client, sg)
     except (RedisError, SecretMissing, SpecError, OSError) as exc:
         failure = exc
         updates.append(redis_condition(exc))
@@ -192,11 +195,23 @@ async def reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: k
     patch.status["observedGeneration"] = meta.get("generation")
     patch.status["selector"] = building.selector_string(name)
     patch.status["replicas"] = replicas
+    for key, value in measured.items():
+        if value is not None:
+            patch.status[key] = value
     patch.status["conditions"] = merge(list(status.get("conditions", [])), updates, generation)
     await state.recorder.observe(ref, checked, {})
     state.metrics.reconciles.labels("spec", "error" if failure else "ok").inc()
     if failure is not None:
         raise kopf.TemporaryError(f"Redis not ready: {redis_condition(failure).message}", delay=10)
+
+
+async def _numbers(client: aioredis.Redis, sg: StreamGroupSpec) -> dict[str, Any]:
+    """Lag, pending and the rest at once, so that a new StreamGroup shows them as soon as it is handled.
+
+    The resync measures again and reports what Redis refuses; here a refusal only leaves them out.
+    """
+    [result] = await grouping.measure_all(client, [grouping.Target(sg.stream_keys, sg.group, sg.dead_letter_streams)])
+    return resyncing.numbers(sg, result) if isinstance(result, grouping.GroupStats) else {}
 
 
 def _shares_group(mine: StreamGroupSpec, other: dict[str, Any]) -> bool:

@@ -184,6 +184,19 @@ def status_changes(current: Mapping[str, Any], desired: Mapping[str, Any]) -> di
             if (key in current if value is None else current.get(key) != value)}
 
 
+def numbers(sg: StreamGroupSpec, stats: grouping.GroupStats) -> dict[str, Any]:
+    """The status fields of a measurement; ``None`` where Redis cannot tell (unknown is not zero: removed)."""
+    age = stats.oldest_pending_age_seconds
+    return {
+        "lag": stats.lag,
+        "pending": stats.pending,
+        "oldestPendingAgeSeconds": round(age, 3) if age is not None else None,
+        "consumers": stats.consumers,
+        "deadLetterLength": stats.dead_letters,
+        "partitionedStreams": partition_status(sg, stats) or None,
+    }
+
+
 def partition_status(sg: StreamGroupSpec, stats: grouping.GroupStats) -> list[dict[str, Any]]:
     """Each partitioned stream's lag and pending, summed over its partitions, for ``status.partitionedStreams``."""
     rows = []
@@ -448,13 +461,7 @@ async def resync_one(state: State, member: Member, outcome: Outcome, client: aio
     new["replicas"] = desired
     new["selector"] = building.selector_string(name)
     if stats is not None:
-        new["lag"] = stats.lag  # None removes it: unknown is not zero
-        new["pending"] = stats.pending
-        age = stats.oldest_pending_age_seconds
-        new["oldestPendingAgeSeconds"] = round(age, 3) if age is not None else None
-        new["consumers"] = stats.consumers
-        new["deadLetterLength"] = stats.dead_letters
-        new["partitionedStreams"] = partition_status(sg, stats) or None
+        new.update(numbers(sg, stats))
         state.metrics.groups.snapshots[member.key] = Snapshot(
             namespace, name, sg.group, stats, new.get("desiredReplicas"), desired,
             sg.partitioned_streams)
