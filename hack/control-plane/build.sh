@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the local Kubernetes control plane the operator tests run against: kube-apiserver, kubectl,
-# etcd and helm, compiled from their Go modules at the versions pinned in the go.mod files beside this
-# script (kube/, etcd/, helm/). No kubelet, scheduler or controller-manager: see tests/README.md.
+# etcd and helm, and the node and controllers the real-node tests run (kubelet, kube-controller-manager,
+# kube-scheduler), compiled from their Go modules at the versions pinned in the go.mod files beside this
+# script (kube/, etcd/, helm/).
 #
 # Why from source: the only network here is the package registries, so prebuilt release archives cannot
 # be downloaded; the Go module proxy serves the sources instead, and go.sum pins every byte of them.
@@ -9,9 +10,10 @@
 # Output goes to a cache outside the repository, ${STREAMGROUP_BIN_DIR:-$HOME/.cache/streamgroup/bin}.
 # Module downloads and compiled packages go to the user's normal Go caches (GOMODCACHE, GOCACHE), so a
 # second checkout does not recompile anything. Idempotent: a binary whose stamp (pinned version, go.mod,
-# go.sum, sources, Go version, link flags) matches is left alone; `--force` rebuilds all four.
+# go.sum, sources, Go version, link flags) matches is left alone; `--force` rebuilds them all.
 #
-# A cold build on 2 cores takes about 9 minutes (kube-apiserver dominates); a warm run about a second.
+# A cold build on 2 cores takes about 16 minutes (kube-apiserver, then the kubelet and the controller
+# manager dominate); a warm run about a second.
 # Needs Go >= 1.26 on PATH or at /usr/local/go/bin/go (etcd 3.6.16 declares go 1.26).
 set -euo pipefail
 
@@ -102,6 +104,10 @@ for package in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 build kube-apiserver kube k8s.io/kubernetes/cmd/kube-apiserver "$kube_version" "$kube_ldflags"
 build kubectl kube k8s.io/kubernetes/cmd/kubectl "$kube_version" "$kube_ldflags"
+# The real node (tests/support/node.py): the same pinned module, so no version skew within the cluster.
+build kube-controller-manager kube k8s.io/kubernetes/cmd/kube-controller-manager "$kube_version" "$kube_ldflags"
+build kube-scheduler kube k8s.io/kubernetes/cmd/kube-scheduler "$kube_version" "$kube_ldflags"
+build kubelet kube k8s.io/kubernetes/cmd/kubelet "$kube_version" "$kube_ldflags"
 
 # etcd reports its version from a constant of go.etcd.io/etcd/api/v3; nothing to set.
 etcd_version=$(pinned etcd go.etcd.io/etcd/server/v3)
@@ -118,5 +124,8 @@ for package in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
 done
 build helm helm helm.sh/helm/v3/cmd/helm "$helm_version" "$helm_ldflags"
 
-echo "build.sh: done in $(elapsed "$total_start"): kube-apiserver/kubectl $kube_version, etcd $etcd_version," \
+# The test node's sandbox image (tests/support/node.py wraps it into an image): no dependencies, a second.
+build pause pause . "go-$("$go" env GOVERSION)" "-s -w"
+
+echo "build.sh: done in $(elapsed "$total_start"): kube-apiserver/kubectl/kubelet/kube-controller-manager/kube-scheduler $kube_version, etcd $etcd_version," \
   "helm $helm_version in $bin_dir"

@@ -1,0 +1,3 @@
+module streamgroup.local/pause
+
+go 1.22
