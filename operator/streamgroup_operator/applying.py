@@ -19,6 +19,7 @@ import base64
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
@@ -27,7 +28,7 @@ from kubernetes.client.exceptions import ApiException
 
 from streamgroup_core.spec import API_GROUP, API_VERSION, PLURAL
 
-from .building import selector_string
+from .building import SecretVersion, selector_string
 
 FIELD_MANAGER = "streamgroup-operator"
 THREADS = 32
@@ -124,16 +125,25 @@ async def live_pod_names(namespace: str, name: str) -> set[str]:
     return await _run(call)
 
 
-async def read_secret_data(namespace: str, name: str) -> dict[str, bytes] | None:
-    """The decoded data of a Secret, or ``None`` if it does not exist."""
-    def call() -> dict[str, bytes] | None:
+@dataclass(frozen=True)
+class Secret:
+    """A Secret read: its decoded data (kept in memory only, never shown) and its :class:`.SecretVersion`."""
+
+    data: dict[str, bytes] = field(repr=False)
+    version: SecretVersion
+
+
+async def read_secret(namespace: str, name: str) -> Secret | None:
+    """A Secret's decoded data and version, or ``None`` if it does not exist."""
+    def call() -> Secret | None:
         try:
             secret = _json(k8s.CoreV1Api(api()).read_namespaced_secret(name, namespace, _preload_content=False))
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
-        return {key: base64.b64decode(value) for key, value in (secret.get("data") or {}).items()}
+        data = {key: base64.b64decode(value) for key, value in (secret.get("data") or {}).items()}
+        return Secret(data, SecretVersion.of(secret))
 
     return await _run(call)
 

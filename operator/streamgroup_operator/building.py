@@ -8,13 +8,18 @@ drift apart. Every value comes from the typed spec (:mod:`streamgroup_core.spec`
 defaults are the CRD's.
 
 Secrets never appear in the Deployment: the Redis password is an ``env`` entry that
-references the Secret, and TLS material is mounted from Secrets as read-only files.
+references the Secret, and TLS material is mounted from Secrets as read-only files. Which
+versions of those Secrets the pods were made with is an annotation of the pod template
+(:data:`SECRETS_VERSION`, from the Secrets' identities and versions, never their data), so a
+changed Secret rolls the pods (:func:`secrets_version`).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from streamgroup_core.spec import API_GROUP, API_VERSION, KIND, StreamGroupSpec
@@ -24,6 +29,8 @@ from .config import SidecarDefaults
 SIDECAR_NAME = "streamgroup-sidecar"
 NAME_LABEL = "streamgroup.io/name"
 TLS_DIR = "/etc/streamgroup/tls"
+SECRETS_VERSION = "streamgroup.io/secrets-version"
+"""The pod template's annotation that changes exactly when a Secret the pods read changes (:func:`secrets_version`)."""
 
 Body = dict[str, Any]
 
@@ -162,8 +169,90 @@ def sidecar_container(spec: StreamGroupSpec, defaults: SidecarDefaults) -> Body:
     return container
 
 
-def build_deployment(meta: Mapping[str, Any], spec: StreamGroupSpec, replicas: int, defaults: SidecarDefaults) -> Body:
-    """The Deployment of the StreamGroup with ``meta`` and ``spec``, with ``replicas`` (the caller decides)."""
+@dataclass(frozen=True)
+class SecretVersion:
+    """A Secret as the API server identifies it, and the keys it holds: nothing of its values.
+
+    ``uid`` changes when the Secret is deleted and made again, ``resource_version`` on every
+    write to it (data or metadata alike).
+    """
+
+    uid: str
+    resource_version: str
+    keys: frozenset[str]
+
+    @classmethod
+    def of(cls, secret: Mapping[str, Any]) -> SecretVersion:
+        """The version of a Secret as the API server returns it (``data`` is only looked at for its key names)."""
+        meta = secret.get("metadata") or {}
+        return cls(str(meta.get("uid") or ""), str(meta.get("resourceVersion") or ""),
+                   frozenset(secret.get("data") or {}))
+
+
+def pod_secret_keys(spec: StreamGroupSpec) -> dict[str, frozenset[str]]:
+    """The Secrets the pods read (by name, in the StreamGroup's namespace) and the keys they read of each.
+
+    What :func:`sidecar_env` and :func:`_tls_volumes` reference: the password and the sentinel's
+    password (``env`` ``secretKeyRef``), the TLS CA and client certificate (Secret volumes). Not
+    ``operatorCredentials``: only the operator uses that one, and it reads it on every resync.
+    """
+    redis = spec.redis
+    wanted: dict[str, set[str]] = {}
+    if (password := redis.password_secret_ref) is not None:
+        wanted.setdefault(password.name, set()).add(password.key)
+    if redis.sentinel is not None and (sentinel := redis.sentinel.password_secret_ref) is not None:
+        wanted.setdefault(sentinel.name, set()).add(sentinel.key)
+    if (ca := redis.tls.ca_secret_ref) is not None:
+        wanted.setdefault(ca.name, set()).add(ca.key)
+    if (client := redis.tls.client_cert_secret_ref) is not None:
+        wanted.setdefault(client.name, set()).update(("tls.crt", "tls.key"))
+    return {name: frozenset(keys) for name, keys in wanted.items()}
+
+
+def secrets_version(namespace: str, spec: StreamGroupSpec, versions: Mapping[str, SecretVersion | None],
+                    current: str | None) -> str | None:
+    """The :data:`SECRETS_VERSION` annotation of the pods: changes exactly when a Secret they read changes.
+
+    ``versions``: each Secret of :func:`pod_secret_keys` by name, ``None`` when it does not exist;
+    ``current``: the annotation the Deployment has now (``None`` without one, or without a Deployment).
+
+    Made from each Secret's namespace/name, uid and resourceVersion, never from its data: a
+    Deployment is readable by many more people than its Secrets, and an unsalted hash of a password
+    there could be brute-forced offline (a short password in seconds). So any write to a Secret
+    rolls the pods, a change of its labels or annotations too, and so does deleting and making it
+    again (a new uid); a write to any other Secret does not.
+
+    ``None`` (no annotation) when the pods read no Secret: nothing to roll for. When a Secret or a
+    key the pods read is missing, ``current``: pods made now could not start (the kubelet refuses a
+    missing ``secretKeyRef``), so the pods running are left alone, and the StreamGroup's
+    ``SecretMissing`` condition and Event say why; the Secret made again rolls them (a new uid).
+    """
+    wanted = pod_secret_keys(spec)
+    if not wanted:
+        return None
+    found = {name: versions.get(name) for name in wanted}
+    lines = []
+    for name, keys in sorted(wanted.items()):
+        version = found[name]
+        if version is None or not keys <= version.keys:
+            return current
+        lines.append(f"{namespace}/{name} {version.uid} {version.resource_version}")
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+def secrets_version_of(deployment: Mapping[str, Any]) -> str | None:
+    """The :data:`SECRETS_VERSION` of a Deployment as the API server returns it, ``None`` without one."""
+    template = (deployment.get("spec") or {}).get("template") or {}
+    value = ((template.get("metadata") or {}).get("annotations") or {}).get(SECRETS_VERSION)
+    return str(value) if value is not None else None
+
+
+def build_deployment(meta: Mapping[str, Any], spec: StreamGroupSpec, replicas: int, defaults: SidecarDefaults,
+                     secrets: str | None = None) -> Body:
+    """The Deployment of the StreamGroup with ``meta`` and ``spec``, with ``replicas`` (the caller decides).
+
+    ``secrets``: the pod template's :data:`SECRETS_VERSION` (see :func:`secrets_version`), none if ``None``.
+    """
     name = meta["name"]
     template = copy.deepcopy(spec.template)
     pod_meta = template.setdefault("metadata", {})
@@ -174,6 +263,8 @@ def build_deployment(meta: Mapping[str, Any], spec: StreamGroupSpec, replicas: i
         "prometheus.io/port": str(defaults.health_port),
         "prometheus.io/path": "/metrics",
     }
+    if secrets is not None:
+        pod_meta["annotations"][SECRETS_VERSION] = secrets
     pod_spec = template["spec"]
     if any(c.get("name") == SIDECAR_NAME for c in pod_spec["containers"]):
         raise ValueError(f"the template already has a container named {SIDECAR_NAME!r}")

@@ -151,8 +151,10 @@ async def reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: k
     # success (a group created) says nothing of the commands a resync found refused.
     checked = {INVALID_SPEC, INVALID_TEMPLATE}
     measured: dict[str, Any] = {}
+    # Read once, for Redis and for the version of the Secrets the pods are made with.
+    secrets = await resyncing.read_secrets({(namespace, secret) for secret in sg.redis.secret_names()})
     try:
-        client = await state.client_for(namespace, sg)
+        client = state.client(await resyncing.resolve_endpoint(namespace, sg.redis, secrets))
         created = await grouping.ensure_group(client, list(sg.stream_keys), sg.group, sg.start_position)
         updates.append(Condition(REDIS_REACHABLE, True, "Connected", "Redis answered"))
         updates.append(Condition(GROUP_READY, True, "Created" if created else "Exists",
@@ -174,10 +176,14 @@ async def reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: k
         replicas = max(policy.min_replicas, min(policy.max_replicas, start))
     else:
         replicas = sg.replicas
-    deployment = building.build_deployment(meta, sg, replicas, state.settings.sidecar)
+    version = building.secrets_version(namespace, sg, resyncing.pod_secret_versions(namespace, sg, secrets),
+                                       building.secrets_version_of(existing) if existing else None)
+    deployment = building.build_deployment(meta, sg, replicas, state.settings.sidecar, secrets=version)
     generation = int(meta.get("generation", 0))
     try:
-        await applying.apply_deployment(deployment)
+        async with state.deployment_lock((namespace, name)):
+            await applying.apply_deployment(deployment)
+            state.rolled[(namespace, name)] = version
     except ApiException as exc:
         refusal = template_refusal(exc)
         if refusal is None:

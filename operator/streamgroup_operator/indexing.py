@@ -1,4 +1,5 @@
-"""What the watches tell, kept in memory: every StreamGroup's latest body, and its Deployment's replicas.
+"""What the watches tell, kept in memory: every StreamGroup's latest body, and its Deployment's replicas
+(and the version of the Secrets its pods were made with, :data:`.building.SECRETS_VERSION`).
 
 The resync reads these instead of asking the API server for each StreamGroup on every resync.
 kopf watches the StreamGroups anyway; the Deployments the operator made are watched too, only
@@ -13,6 +14,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .building import secrets_version_of
+
 MANAGED_BY = "app.kubernetes.io/managed-by=streamgroup-operator"
 """The label selector of the Deployments the operator makes (see :func:`.building.labels`)."""
 
@@ -21,15 +24,18 @@ Key = tuple[str, str]
 
 @dataclass(frozen=True)
 class Replicas:
-    """What a resync needs of a Deployment: the replicas it asks for and those ready."""
+    """What a resync needs of a Deployment: the replicas it asks for and those ready, and its pods' Secrets version."""
 
     wanted: int
     ready: int
+    secrets: str | None = None
+    """The pod template's :data:`.building.SECRETS_VERSION`, ``None`` without one."""
 
     @classmethod
     def of(cls, deployment: Mapping[str, Any]) -> Replicas:
         spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
-        return cls(int(spec.get("replicas") or 0), int(status.get("readyReplicas") or 0))
+        return cls(int(spec.get("replicas") or 0), int(status.get("readyReplicas") or 0),
+                   secrets_version_of(deployment))
 
 
 class Index:

@@ -13,7 +13,9 @@ StreamGroup per resync, and one Redis round trip per command per StreamGroup. A 
 4. for each StreamGroup: the Events its incidents call for, the scaling decision (and the scale
    write if it changed), the removal of consumers of no live pod (pods are listed only when some
    consumer has been idle long enough to be a candidate), and its status, **written only if it
-   differs** from what the watch last showed (a merge patch of the fields that changed).
+   differs** from what the watch last showed (a merge patch of the fields that changed); and its
+   Deployment applied again when a Secret its pods read has a new version (:func:`roll_on_new_secrets`:
+   the Secrets of step 2, so noticing a rotation costs no request of its own).
 
 Deployments come from the watch as well; nothing is read from the API server while nothing changes.
 A StreamGroup the watch shows handled for the first time does not wait for the next round: it is
@@ -39,6 +41,7 @@ from streamgroup_core.serving import Server
 from streamgroup_core.spec import RedisSpec, SecretMissing, SpecError, StreamGroupSpec, parse_spec
 
 from . import applying, building, grouping, recording, scaling
+from .building import SecretVersion
 from .conditions import DEPLOYMENT_READY, GROUP_READY, REDIS_REACHABLE, Condition, merge, now_text
 from .config import OperatorSettings
 from .indexing import Index, Key, Replicas
@@ -70,6 +73,10 @@ class State:
     """StreamGroups resynced at least once since the operator started."""
     busy: set[Key] = field(default_factory=set)
     """StreamGroups a resync is working on now."""
+    rolled: dict[Key, str | None] = field(default_factory=dict)
+    """The Secrets version last applied to each Deployment's pod template (the watch may not show it yet)."""
+    deploying: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    """Held while the Deployment of a StreamGroup is applied: a change handler and a resync never overlap there."""
     newcomers: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when the watch shows a StreamGroup due for its first resync (see :func:`run`)."""
     writing: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(CONCURRENT_WRITES))
@@ -126,8 +133,16 @@ class State:
             with contextlib.suppress(RedisError, OSError):
                 await self.clients.pop(endpoint).aclose()
 
+    def deployment_lock(self, key: Key) -> asyncio.Lock:
+        lock = self.deploying.get(key)
+        if lock is None:
+            lock = self.deploying[key] = asyncio.Lock()
+        return lock
+
     def forget(self, namespace: str, name: str) -> None:
         self.measured.discard((namespace, name))
+        self.rolled.pop((namespace, name), None)
+        self.deploying.pop((namespace, name), None)
         self.histories.pop((namespace, name), None)
         self.parsed.pop((namespace, name), None)
         self.metrics.groups.snapshots.pop((namespace, name), None)
@@ -138,14 +153,28 @@ class State:
         return cls(settings=settings, metrics=OperatorMetrics(CollectorRegistry()), recorder=Recorder(settings.events))
 
 
-async def resolve_endpoint(namespace: str, redis: RedisSpec,
-                           secrets: Mapping[tuple[str, str], Mapping[str, bytes] | None] | None = None) -> Endpoint:
+Secrets = Mapping[tuple[str, str], applying.Secret | None]
+"""Secrets read, by (namespace, name); ``None`` for one that does not exist."""
+
+
+async def resolve_endpoint(namespace: str, redis: RedisSpec, secrets: Secrets | None = None) -> Endpoint:
     """How to reach the StreamGroup's Redis, with the Secrets it names read from its namespace (or from ``secrets``)."""
+    if secrets is None:
+        secrets = await read_secrets({(namespace, name) for name in redis.secret_names()})
     found = {}
     for name in redis.secret_names():
-        found[name] = secrets[(namespace, name)] if secrets is not None else await applying.read_secret_data(
-            namespace, name)
+        secret = secrets[(namespace, name)]
+        found[name] = secret.data if secret is not None else None
     return redis.endpoint(namespace, found, operator=True)  # its own user when operatorCredentials names one
+
+
+def pod_secret_versions(namespace: str, spec: StreamGroupSpec, secrets: Secrets) -> dict[str, SecretVersion | None]:
+    """The versions of the Secrets the StreamGroup's pods read (:func:`.building.pod_secret_keys`), from ``secrets``."""
+    versions: dict[str, SecretVersion | None] = {}
+    for name in building.pod_secret_keys(spec):
+        secret = secrets.get((namespace, name))
+        versions[name] = secret.version if secret is not None else None
+    return versions
 
 
 def redis_condition(exc: BaseException) -> Condition:
@@ -336,7 +365,7 @@ async def _resync(state: State, members: list[Member]) -> None:
             return  # not measured (an error of the client itself, logged)
         async with state.writing:
             try:
-                await resync_one(state, member, outcome, clients.get(member.key))
+                await resync_one(state, member, outcome, clients.get(member.key), secrets)
             except Exception as exc:  # an API call that failed: tried again next round
                 state.metrics.reconciles.labels("resync", "error").inc()
                 for_streamgroup(*member.key).warning("resync failed", extra={"sg": {
@@ -345,13 +374,13 @@ async def _resync(state: State, members: list[Member]) -> None:
     await asyncio.gather(*(settle(member) for member in members))
 
 
-async def read_secrets(names: set[tuple[str, str]]) -> dict[tuple[str, str], Mapping[str, bytes] | None]:
+async def read_secrets(names: set[tuple[str, str]]) -> dict[tuple[str, str], applying.Secret | None]:
     """Each Secret (namespace, name) once for the round, however many StreamGroups name it."""
     reading = asyncio.Semaphore(CONCURRENT_WRITES)
 
-    async def read(namespace: str, name: str) -> Mapping[str, bytes] | None:
+    async def read(namespace: str, name: str) -> applying.Secret | None:
         async with reading:
-            return await applying.read_secret_data(namespace, name)
+            return await applying.read_secret(namespace, name)
 
     ordered = sorted(names)
     values = await asyncio.gather(*(read(namespace, name) for namespace, name in ordered))
@@ -380,8 +409,12 @@ async def deployment_of(state: State, namespace: str, name: str) -> Replicas | N
     return Replicas.of(body) if body is not None else None
 
 
-async def resync_one(state: State, member: Member, outcome: Outcome, client: aioredis.Redis | None) -> None:
-    """One StreamGroup's Events, scaling, consumer removal and status, from its measurement."""
+async def resync_one(state: State, member: Member, outcome: Outcome, client: aioredis.Redis | None,
+                     secrets: Secrets | None = None) -> None:
+    """One StreamGroup's Events, scaling, consumer removal, pods rolled for new Secrets, and status.
+
+    From its measurement, and the Secrets the round read (none: not looked at).
+    """
     body, sg = member.body, member.spec
     meta = body["metadata"]
     status: Mapping[str, Any] = body.get("status") or {}
@@ -442,6 +475,8 @@ async def resync_one(state: State, member: Member, outcome: Outcome, client: aio
                                    scaling.explain(desired, current, stats.lag, stats.pending, policy)))
         if client is not None:
             await clean_consumers(state, client, namespace, name, sg, stats)
+    if deployment is not None and secrets is not None:
+        await roll_on_new_secrets(state, member, deployment, desired, secrets)
 
     if deployment is None:
         # A template the API server refused stays the reason until the spec changes (see the change handler).
@@ -472,6 +507,43 @@ async def resync_one(state: State, member: Member, outcome: Outcome, client: aio
     if changes:
         writes.append(applying.patch_status(namespace, name, changes))
     await asyncio.gather(*writes)
+
+
+def template_handled(body: Mapping[str, Any]) -> bool:
+    """The change handler applied the Deployment of this generation of the StreamGroup, and it was accepted."""
+    status = body.get("status") or {}
+    return (status.get("observedGeneration") == (body.get("metadata") or {}).get("generation")
+            and condition_of(status, DEPLOYMENT_READY).get("reason") != "InvalidTemplate")
+
+
+async def roll_on_new_secrets(state: State, member: Member, deployment: Replicas, replicas: int,
+                              secrets: Secrets) -> None:
+    """Apply the Deployment again when a Secret its pods read has a new version: one write, and the pods roll.
+
+    The pods read the password when they start (an env ``secretKeyRef``), so a changed Secret reaches
+    them only through new pods; the Deployment controller makes them when the pod template changes,
+    here its :data:`.building.SECRETS_VERSION` annotation. Nothing is written while the versions are
+    those the Deployment shows (or those just applied, which the watch may not show yet). A spec the
+    change handler has not applied yet, or whose template the API server refused, is left to it.
+    """
+    namespace, name = member.key
+    versions = pod_secret_versions(namespace, member.spec, secrets)
+    version = building.secrets_version(namespace, member.spec, versions, deployment.secrets)
+    if version == deployment.secrets or (member.key in state.rolled and state.rolled[member.key] == version):
+        return
+    async with state.deployment_lock(member.key):
+        # The latest body, under the lock: a change handler for a newer generation is shown by the watch
+        # before it runs, so this never applies an older template over the one it applied.
+        latest = state.index.streamgroups.get(member.key)
+        if (latest is None or not template_handled(latest)
+                or (latest.get("metadata") or {}).get("generation") != member.body["metadata"].get("generation")):
+            return
+        body = building.build_deployment(member.body["metadata"], member.spec, replicas, state.settings.sidecar,
+                                         secrets=version)
+        await applying.apply_deployment(body)
+        state.rolled[member.key] = version
+    for_streamgroup(namespace, name).info("a Secret of its pods changed: Deployment applied, its pods roll",
+                                          extra={"sg": {"secrets": sorted(versions)}})
 
 
 async def clean_consumers(state: State, client: aioredis.Redis, namespace: str, name: str, spec: StreamGroupSpec,
