@@ -125,6 +125,16 @@ async def live_pod_names(namespace: str, name: str) -> set[str]:
     return await _run(call)
 
 
+async def pod_count(namespace: str, name: str) -> int:
+    """How many of the StreamGroup's pods exist, terminating ones included (their sidecars may still run)."""
+    def call() -> int:
+        pods = _json(k8s.CoreV1Api(api()).list_namespaced_pod(
+            namespace, label_selector=selector_string(name), _preload_content=False))
+        return len(pods.get("items") or [])
+
+    return await _run(call)
+
+
 @dataclass(frozen=True)
 class Secret:
     """A Secret read: its decoded data (kept in memory only, never shown) and its :class:`.SecretVersion`."""

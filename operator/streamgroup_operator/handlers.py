@@ -9,7 +9,8 @@
   (autoscaling off, set by ``kubectl scale``, an HPA or KEDA through the scale subresource),
   remove consumers of no live replica, refresh metrics, and the status where it changed;
 * on delete: with ``deletionPolicy: Delete``, destroy the group unless another StreamGroup
-  uses it. The Deployment goes with its owner (garbage collection).
+  uses it, once the Deployment is scaled to zero and its pods are gone (running sidecars would
+  make the group again). The Deployment goes with its owner (garbage collection).
 
 Decisions live in pure modules (:mod:`.building`, :mod:`.scaling`, :mod:`.conditions`,
 :mod:`.recording`); the Redis and Kubernetes calls in :mod:`.grouping`, :mod:`.applying` and
@@ -249,6 +250,13 @@ async def delete(meta: kopf.Meta, spec: kopf.Spec, memo: kopf.Memo, **_: Any) ->
                 for_streamgroup(namespace, name).info("deletionPolicy Delete: group kept, other StreamGroups use it",
                                                       extra={"sg": {"used_by": users}})
             else:
+                # Running sidecars make a destroyed group again (--on-group-loss recreate), so the pods stop
+                # first: scaled to zero (each hands over and leaves), then destroyed once none is left.
+                if await applying.read_deployment(namespace, name) is not None:
+                    await applying.scale_deployment(namespace, name, 0)
+                if left := await applying.pod_count(namespace, name):
+                    raise kopf.TemporaryError(f"waiting for {left} pod(s) to stop before destroying the group",
+                                              delay=2)
                 client = await state.client_for(namespace, sg)
                 destroyed = await grouping.destroy_group(client, list(sg.stream_keys), sg.group)
                 for_streamgroup(namespace, name).info("deletionPolicy Delete: consumer group destroyed", extra={

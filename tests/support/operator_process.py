@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import subprocess
@@ -12,14 +13,20 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from .netns import entered
 from .ports import free_port
 
 
 class OperatorProcess:
-    """``kubeconfig`` goes to ``$KUBECONFIG`` (``None``: unset); ``args`` are flags, ``env`` more variables."""
+    """``kubeconfig`` goes to ``$KUBECONFIG`` (``None``: unset); ``args`` are flags, ``env`` more variables.
+
+    ``netns``: run it inside that network namespace (the real node's, :mod:`tests.support.node`), so
+    that it reaches Redis at the address the pods use; its health port is then asked from inside too.
+    """
 
     def __init__(self, kubeconfig: Path | None, namespaces: Sequence[str], args: Sequence[str] = (),
-                 **env: str) -> None:
+                 netns: str | None = None, **env: str) -> None:
+        self.netns = netns
         self.port = free_port()
         self.args = list(args)
         self.env = {
@@ -38,8 +45,10 @@ class OperatorProcess:
 
     def start(self, timeout: float = 30.0) -> OperatorProcess:
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "streamgroup_operator", *self.args], env=self.env,
-                                            stdout=log, stderr=subprocess.STDOUT)
+            command = [sys.executable, "-m", "streamgroup_operator", *self.args]
+            if self.netns is not None:
+                command = ["nsenter", f"--net=/run/netns/{self.netns}", "--", *command]
+            self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while not self.healthy():
             if self.process.poll() is not None:
@@ -50,6 +59,16 @@ class OperatorProcess:
         return self
 
     def get(self, path: str) -> tuple[int, str]:
+        if self.netns is not None:
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            with entered(self.netns):  # the socket is made inside; it keeps that network when used outside
+                connection.connect()
+            try:
+                connection.request("GET", path)
+                reply = connection.getresponse()
+                return int(reply.status), reply.read().decode()
+            finally:
+                connection.close()
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as reply:
             return int(reply.status), reply.read().decode()
 
