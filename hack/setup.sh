@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Streamgroup needs on a fresh Debian machine (redis-server, promtool; podman, runc and
-# debootstrap, with which hack/image.sh builds the images the tests run), then
+# debootstrap, with which hack/image.sh builds the images the tests run; containerd, the CNI plugins and
+# nsenter, with which tests/support/node.py runs a real kubelet's pods), then
 # the Python environment in .venv with the project installed in editable mode.
 # Idempotent: a second run only checks. Set SG_SKIP_APT=1 to never touch system packages.
 set -euo pipefail
@@ -13,6 +14,9 @@ command -v podman >/dev/null 2>&1 || missing+=(podman)
 # podman's default runtime, crun, refuses cgroup v1 with a hybrid mount; hack/podman-env.sh picks runc.
 command -v runc >/dev/null 2>&1 || missing+=(runc)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+command -v containerd >/dev/null 2>&1 || missing+=(containerd)
+[ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] || missing+=(containernetworking-plugins)
+command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
 if ((${#missing[@]})) && [ "${SG_SKIP_APT:-0}" != 1 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -20,7 +24,7 @@ if ((${#missing[@]})) && [ "${SG_SKIP_APT:-0}" != 1 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Debian starts the packaged services where it can; the project runs its own private instances.
-  for service in redis-server prometheus; do
+  for service in redis-server prometheus containerd; do
     $sudo service "$service" stop >/dev/null 2>&1 || true
   done
 fi
