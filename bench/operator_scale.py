@@ -267,7 +267,9 @@ class OperatorUnderTest:
     def __init__(self, kubeconfig: Path, resync: float, extra: list[str], source: Path | None = None) -> None:
         self.port = free_port()
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
-               "PYTHONUNBUFFERED": "1"}
+               "PYTHONUNBUFFERED": "1",
+               # Its Lease in the bench's namespace (a variable, not a flag: versions without election ignore it).
+               "SG_OPERATOR_LEADER_ELECT_NAMESPACE": NAMESPACE}
         if source is not None:  # another version's operator and core, e.g. `git archive REV operator core`
             env["PYTHONPATH"] = f"{source / 'operator'}:{source / 'core'}"
         self.proc = Proc("operator", [

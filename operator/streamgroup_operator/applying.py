@@ -41,11 +41,37 @@ MERGE_PATCH = "application/merge-patch+json"
 _shared: Any = None
 _lock = threading.Lock()
 _threads = ThreadPoolExecutor(THREADS, thread_name_prefix="kubernetes")
+_under_way = 0
+_settled = threading.Condition()
 T = TypeVar("T")
 
 
+def _done(_: Any) -> None:
+    global _under_way
+    with _settled:
+        _under_way -= 1
+        _settled.notify_all()
+
+
 async def _run(call: Callable[[], T]) -> T:
-    return await asyncio.get_running_loop().run_in_executor(_threads, call)
+    global _under_way
+    with _settled:
+        _under_way += 1
+    future = _threads.submit(call)
+    # Counted until the thread has finished with it (or it was cancelled before it started), not until its
+    # caller stopped waiting: a call whose caller was cancelled may still be writing.
+    future.add_done_callback(_done)
+    return await asyncio.wrap_future(future)
+
+
+def settle(timeout: float) -> bool:
+    """Wait (blocking) until no API call is under way; ``False`` if some still is after ``timeout`` seconds.
+
+    A leader that stops releases its Lease only then (:mod:`.electing`): a write of its own must not land
+    after the next leader has started.
+    """
+    with _settled:
+        return _settled.wait_for(lambda: _under_way == 0, timeout)
 
 
 def api() -> Any:

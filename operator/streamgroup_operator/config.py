@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +84,23 @@ class EventSettings:
 
 
 @dataclass(frozen=True)
+class ElectionSettings:
+    """Leader election (see :mod:`.electing`): of the operator's replicas, only the holder of a Lease acts."""
+
+    enabled: bool = True
+    """Off: this operator acts at once and alone (run no other)."""
+    namespace: str | None = None
+    """The Lease's namespace; unset: the pod's (``$POD_NAMESPACE``, else its service account's namespace)."""
+    lease_name: str = "streamgroup-operator"
+    lease_duration: float = 15.0
+    """How long a standby waits, from the last change of the Lease it saw, before it takes the Lease over."""
+    renew_deadline: float = 10.0
+    """A leader that could not renew for this long stops acting (it exits); shorter than the lease."""
+    retry_period: float = 2.0
+    """Time between two attempts to renew (the leader) or to acquire (a standby)."""
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str = "info"
     """``debug``, ``info``, ``warning`` or ``error``."""
@@ -97,6 +115,7 @@ class OperatorSettings:
     kube: KubeSettings = field(default_factory=KubeSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     events: EventSettings = field(default_factory=EventSettings)
+    election: ElectionSettings = field(default_factory=ElectionSettings)
     logs: LogSettings = field(default_factory=LogSettings)
 
 
@@ -150,6 +169,21 @@ def _optional(text: str) -> str | None:
     return text.strip() or None
 
 
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "false"):
+        raise ValueError("expected true or false")
+    return value == "true"
+
+
+def _name(text: str) -> str:
+    """A Kubernetes object name (a DNS subdomain: lower-case letters, digits, ``-`` and ``.``)."""
+    value = text.strip()
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", value):
+        raise ValueError("expected a Kubernetes name: lower-case letters, digits, '-' and '.', at most 253")
+    return value
+
+
 # --- the option table ----------------------------------------------------------------------
 
 
@@ -201,6 +235,22 @@ OPTIONS: tuple[Option, ...] = (
     Option("event-repeat-interval", "events.repeat_interval", _seconds, "60",
            "While a problem lasts, how often its Event's count is brought up to date: `1m`, or seconds.",
            "DURATION"),
+    Option("leader-elect", "election.enabled", _boolean, "true",
+           "Leader election on a `coordination.k8s.io` Lease: of several operators only the Lease's holder acts, "
+           "the others stand by. `false`: act at once, alone.", "BOOL"),
+    Option("leader-elect-namespace", "election.namespace", _optional, None,
+           "Namespace of the Lease. Unset: `$POD_NAMESPACE`, else the service account's namespace; outside a "
+           "cluster it must be given (or `--leader-elect false`).", "NS", shown_default="(the pod's)"),
+    Option("leader-elect-lease-name", "election.lease_name", _name, "streamgroup-operator",
+           "Name of the Lease; operators that share it elect one leader.", "NAME"),
+    Option("leader-elect-lease-duration", "election.lease_duration", _seconds, "15",
+           "How long a standby waits, from the last renewal it saw, before taking the Lease over.", "DURATION"),
+    Option("leader-elect-renew-deadline", "election.renew_deadline", _seconds, "10",
+           "A leader that could not renew for this long stops acting (exit status 1); shorter than the "
+           "lease duration.", "DURATION"),
+    Option("leader-elect-retry-period", "election.retry_period", _seconds, "2",
+           "Time between two attempts to renew or to acquire the Lease; shorter than the renew deadline.",
+           "DURATION"),
     Option("log-level", "logs.level", _lower_choice("debug", "info", "warning", "error"), "info",
            "Log level: `debug`, `info`, `warning` or `error`.", "LEVEL"),
     Option("log-format", "logs.format", _lower_choice("json", "text"), "json",
@@ -209,7 +259,7 @@ OPTIONS: tuple[Option, ...] = (
 
 _SECTIONS: dict[str, type[Any]] = {
     "sidecar": SidecarDefaults, "watch": WatchSettings, "kube": KubeSettings, "server": ServerSettings,
-    "events": EventSettings, "logs": LogSettings,
+    "events": EventSettings, "election": ElectionSettings, "logs": LogSettings,
 }
 
 
@@ -250,7 +300,22 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
             raise ConfigError(f"invalid {option.flag} / {option.env} (from {source}={raw!r}): {exc}") from None
         section, _, name = option.target.partition(".")
         sections.setdefault(section, {})[name] = value
-    return OperatorSettings(**{name: kind(**sections.get(name, {})) for name, kind in _SECTIONS.items()})
+    settings = OperatorSettings(**{name: kind(**sections.get(name, {})) for name, kind in _SECTIONS.items()})
+    _check_election(settings.election)
+    return settings
+
+
+def _check_election(election: ElectionSettings) -> None:
+    """A leader must stop before its Lease could be taken, and have tried to renew more than once by then."""
+    if not election.enabled:
+        return
+    if not election.renew_deadline < election.lease_duration:
+        raise ConfigError(f"--leader-elect-renew-deadline ({election.renew_deadline:g}s) must be shorter than "
+                          f"--leader-elect-lease-duration ({election.lease_duration:g}s): a leader stops acting "
+                          "before its Lease can be taken over")
+    if not election.retry_period < election.renew_deadline:
+        raise ConfigError(f"--leader-elect-retry-period ({election.retry_period:g}s) must be shorter than "
+                          f"--leader-elect-renew-deadline ({election.renew_deadline:g}s)")
 
 
 def options_markdown() -> str:

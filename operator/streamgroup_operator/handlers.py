@@ -17,8 +17,9 @@ Decisions live in pure modules (:mod:`.building`, :mod:`.scaling`, :mod:`.condit
 :mod:`.posting`. Nothing happens at import: :func:`registry` registers the handlers with the
 settings parsed from flags and environment.
 
-Production settings: the operator runs as a single replica (``standalone``: no peering
-objects; the chart's Deployment uses the Recreate strategy so two never overlap). Watches ask
+Production settings: of the operator's replicas only the holder of a Lease runs kopf at all
+(:mod:`.electing`; kopf itself is ``standalone``, without peering objects, which pause peers but
+never elect one), so the chart runs two and rolls them over one at a time. Watches ask
 the API server to end them every few minutes and the client gives up shortly after, so a
 silently dropped connection cannot stall reconciliation. Kubernetes Events are the operator's
 own (:mod:`.posting`): a Warning per incident (Redis unreachable or refusing, the group lost, a
@@ -31,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 from typing import Any, cast
 
 import kopf
@@ -109,11 +111,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.enabled = False
     settings.batching.error_delays = (1, 2, 5, 10, 20, 30, 60)
     state = _state(memo)
-    if state.server is None:
-        state.server = Server(make_app(state.metrics.registry, lambda: {"watching": True}, lambda: {"alive": True}),
-                              state.settings.server.host, state.settings.server.port)
-        port = await state.server.start()
-        LOGGER.info("serving /healthz and /metrics", extra={"sg": {"port": port}})
     if state.resyncing is None:
         state.resyncing = asyncio.create_task(resyncing.run(state), name="resync")
 
@@ -126,9 +123,14 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
             await state.resyncing
         state.resyncing = None
     await state.close()
-    if state.server is not None:
-        await state.server.stop()
-        state.server = None
+
+
+async def serve(state: State, readiness: Callable[[], dict[str, bool]]) -> None:
+    """``/healthz``, ``/readyz`` and ``/metrics``, from before the election on (a standby answers its probes)."""
+    state.server = Server(make_app(state.metrics.registry, readiness, lambda: {"alive": True}),
+                          state.settings.server.host, state.settings.server.port)
+    port = await state.server.start()
+    LOGGER.info("serving /healthz and /metrics", extra={"sg": {"port": port}})
 
 
 # Coroutines, though they never wait: kopf runs plain functions in a thread, one hop per watch event.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -114,3 +114,6 @@ class OperatorMetrics:
         self.consumers_removed = Counter("streamgroup_operator_consumers_removed",
                                          "Consumers of no live replica removed from their group.",
                                          ["namespace", "name"], registry=registry)
+        self.leader = Gauge("streamgroup_operator_leader",
+                            "1 while this operator holds the Lease and acts (or acts alone, without leader "
+                            "election); 0 while it stands by.", registry=registry)

@@ -241,6 +241,7 @@ class TestTheOperatorInTheImage:
                 *LOCKED_DOWN, "--tmpfs", "/tmp:rw,size=16m,mode=1777", "--entrypoint", "streamgroup-operator",
                 "--volume", f"{config}:/etc/streamgroup/kubeconfig:ro",
                 "--env", "KUBECONFIG=/etc/streamgroup/kubeconfig", "--env", "SG_OPERATOR_NAMESPACES=shop",
+                "--env", "SG_OPERATOR_LEADER_ELECT_NAMESPACE=shop",  # not a pod: the Lease's namespace is given
                 "--env", "SG_OPERATOR_HOST=127.0.0.1", "--env", f"SG_OPERATOR_PORT={port}",
                 "--env", "SG_OPERATOR_RESYNC_INTERVAL=0.5"])
             containers.append(operator.start())

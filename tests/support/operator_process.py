@@ -38,6 +38,8 @@ class OperatorProcess:
             "SG_OPERATOR_PORT": str(self.port),
             "SG_OPERATOR_RESYNC_INTERVAL": "0.5",
             "SG_OPERATOR_SIDECAR_IMAGE": "streamgroup/streamgroup:test",
+            # Leader election is on by default; outside a pod the Lease's namespace must be given.
+            **({"SG_OPERATOR_LEADER_ELECT_NAMESPACE": namespaces[0]} if namespaces else {}),
             **env,
         }
         self.log = Path(tempfile.mkstemp(prefix="sg-operator-", suffix=".log")[1])
