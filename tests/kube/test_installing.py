@@ -84,15 +84,31 @@ def install_namespaced(control_plane: ControlPlane, core: client.CoreV1Api) -> t
     return system, watched, kubeconfig
 
 
+def chart_election_env(control_plane: ControlPlane, system: str) -> dict[str, str]:
+    """The installed operator Deployment's leader election settings, and what the downward API would add."""
+    [deployment] = client.AppsV1Api(control_plane.api_client()).list_namespaced_deployment(system).items
+    [container] = deployment.spec.template.spec.containers
+    env = {e.name: e.value for e in container.env if e.name.startswith("SG_OPERATOR_LEADER_ELECT")}
+    assert env["SG_OPERATOR_LEADER_ELECT"] == "true"
+    return {**env, "POD_NAMESPACE": system, "POD_NAME": "operator-0"}
+
+
 class TestLeastPrivilege:
     def test_the_operator_reconciles_with_only_the_charts_permissions(
         self, control_plane: ControlPlane, core: client.CoreV1Api, streamgroup_crd: None,
         redis_server: RedisServer,
     ) -> None:
-        _, watched, kubeconfig = install_namespaced(control_plane, core)
+        system, watched, kubeconfig = install_namespaced(control_plane, core)
         admin: Any = type("Apis", (), {"custom": client.CustomObjectsApi(control_plane.api_client())})
-        operator = OperatorProcess(kubeconfig, [watched], ["--event-repeat-interval", "1s"]).start()
+        # Leader election as the chart sets it up: its Lease, in the release's namespace, by the chart's Role.
+        election = chart_election_env(control_plane, system)
+        operator = OperatorProcess(kubeconfig, [watched], ["--event-repeat-interval", "1s"],
+                                   SG_OPERATOR_LEADER_ELECT_NAMESPACE="", **election).start()
         try:
+            eventually(lambda: "streamgroup_operator_leader 1.0" in operator.get("/metrics")[1], what="leading")
+            lease = client.CoordinationV1Api(control_plane.api_client()).read_namespaced_lease(
+                election["SG_OPERATOR_LEADER_ELECT_LEASE_NAME"], system)
+            assert lease.spec.holder_identity.startswith("operator-0_")
             create(admin, watched, manifest("billing", redis_server.url, autoscaling={
                 "minReplicas": 1, "maxReplicas": 2, "targetLagPerReplica": 1}, deletionPolicy="Delete"))
             create(admin, watched, manifest("unreachable", f"redis://127.0.0.1:{free_port()}/0"))
@@ -140,6 +156,12 @@ class TestLeastPrivilege:
         as_operator = control_plane.api_client(kubeconfig)
         its_core = client.CoreV1Api(as_operator)
         its_apps = client.AppsV1Api(as_operator)
+        its_leases = client.CoordinationV1Api(as_operator)
+        own = chart_election_env(control_plane, system)["SG_OPERATOR_LEADER_ELECT_LEASE_NAME"]
+
+        def lease(name: str) -> client.V1Lease:
+            return client.V1Lease(metadata=client.V1ObjectMeta(name=name), spec=client.V1LeaseSpec())
+
         refused = [
             lambda: its_core.list_namespaced_secret(watched),             # get one by name only
             lambda: its_core.read_namespaced_secret("anything", system),  # not outside its namespaces
@@ -152,9 +174,19 @@ class TestLeastPrivilege:
             lambda: client.RbacAuthorizationV1Api(as_operator).list_cluster_role(),
             lambda: its_core.list_namespaced_event(watched),  # it remembers its own Events
             lambda: its_core.delete_namespaced_event("anything", watched),
+            # Leases: get and update its own, create, in the release's namespace; nothing else.
+            lambda: its_leases.read_namespaced_lease("someone-elses", system),
+            lambda: its_leases.replace_namespaced_lease("someone-elses", system, lease("someone-elses")),
+            lambda: its_leases.list_namespaced_lease(system),
+            lambda: its_leases.delete_namespaced_lease(own, system),
+            lambda: its_leases.create_namespaced_lease(watched, lease("elsewhere")),
         ]
         for call in refused:
             with pytest.raises(ApiException) as info:
                 call()
             assert info.value.status == 403
         assert its_core.list_namespaced_pod(watched).items == []  # what it needs, it has
+        its_leases.create_namespaced_lease(system, lease(own))
+        mine = its_leases.read_namespaced_lease(own, system)
+        mine.spec.holder_identity = "operator-0_test"
+        its_leases.replace_namespaced_lease(own, system, mine)

@@ -54,13 +54,13 @@ class TestLintAndRender:
         docs = render()
         assert kinds(docs) == sorted([
             "ClusterRole/", "ClusterRoleBinding/", "ConfigMap/streamgroup-system", "Deployment/streamgroup-system",
+            "PodDisruptionBudget/streamgroup-system", "Role/streamgroup-system", "RoleBinding/streamgroup-system",
             "Service/streamgroup-system", "ServiceAccount/streamgroup-system"])
         [deployment] = [d for d in docs if d["kind"] == "Deployment"]
         pod = deployment["spec"]["template"]["spec"]
-        assert deployment["spec"]["strategy"] == {"type": "Recreate"} and deployment["spec"]["replicas"] == 1
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
-        env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
         assert env["SG_OPERATOR_SIDECAR_IMAGE"] == "streamgroup/streamgroup:0.1.0-sidecar"
         assert env["SG_OPERATOR_NAMESPACES"] == ""
 
@@ -69,17 +69,58 @@ class TestLintAndRender:
         assert "ClusterRole/" not in kinds(docs) and "ClusterRoleBinding/" not in kinds(docs)
         roles = {d["metadata"]["namespace"] for d in docs if d["kind"] == "Role"}
         bindings = {d["metadata"]["namespace"] for d in docs if d["kind"] == "RoleBinding"}
-        assert roles == bindings == {"team-a", "team-b"}
+        assert roles == bindings == {"team-a", "team-b", "streamgroup-system"}  # the last for the Lease alone
         assert {d["kind"] for d in docs} >= {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
         assert "ConfigMap" not in {d["kind"] for d in docs}
         [deployment] = [d for d in docs if d["kind"] == "Deployment"]
         container = deployment["spec"]["template"]["spec"]["containers"][0]
-        env = {e["name"]: e["value"] for e in container["env"]}
+        env = {e["name"]: e.get("value") for e in container["env"]}
         assert container["image"] == "streamgroup/streamgroup:9.9.9"
         assert env["SG_OPERATOR_SIDECAR_IMAGE"] == "mirror.example/streamgroup:9.9.9"
         assert env["SG_OPERATOR_NAMESPACES"] == "team-a,team-b"
         [rule] = [d for d in docs if d["kind"] == "PrometheusRule"]
         assert "(streamgroup_lag) > 5000" in yaml.safe_dump(rule)
+
+    def test_two_operators_elect_a_leader_on_a_lease_and_roll_over_one_at_a_time(self) -> None:
+        docs = render()
+        [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+        assert deployment["spec"]["replicas"] == 2
+        assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                                  "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+        assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+        assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+        assert env["SG_OPERATOR_LEADER_ELECT"] == "true"
+        assert env["SG_OPERATOR_LEADER_ELECT_LEASE_NAME"] == "sg-streamgroup-operator"
+        assert [env[f"SG_OPERATOR_LEADER_ELECT_{n}"] for n in ("LEASE_DURATION", "RENEW_DEADLINE", "RETRY_PERIOD")] == [
+            "15", "10", "2"]
+        [budget] = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+        assert budget["spec"] == {"maxUnavailable": 1, "selector": deployment["spec"]["selector"]}
+
+    def test_the_lease_role_grants_get_and_update_on_its_lease_only_and_create_in_the_release_namespace(
+        self
+    ) -> None:
+        docs = render("operator.watchNamespaces={team-a}")
+        [role] = [d for d in docs if d["kind"] == "Role" and "coordination.k8s.io" in str(d["rules"])]
+        assert role["metadata"]["namespace"] == "streamgroup-system"
+        assert role["rules"] == [
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+             "resourceNames": ["sg-streamgroup-operator"], "verbs": ["get", "update"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]}]
+        [binding] = [d for d in docs if d["kind"] == "RoleBinding" and d["roleRef"]["name"] == role["metadata"]["name"]]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "sg-streamgroup",
+                                        "namespace": "streamgroup-system"}]
+
+    def test_without_leader_election_one_operator_runs_alone(self) -> None:
+        docs = render("operator.leaderElection.enabled=false", "operator.replicas=1")
+        [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+        assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+        env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["SG_OPERATOR_LEADER_ELECT"] == "false"
+        assert not [d for d in docs if "coordination.k8s.io" in str(d.get("rules", ""))]
+        result = helm("template", "sg", str(CHART), "--set", "operator.leaderElection.enabled=false", check=False)
+        assert result.returncode != 0 and "needs operator.leaderElection.enabled" in result.stderr
 
     def test_the_operator_role_grants_only_what_the_operator_uses(self) -> None:
         [role] = [d for d in render() if d["kind"] == "ClusterRole"]
@@ -87,6 +128,7 @@ class TestLintAndRender:
                    for v in rule["verbs"]}
         assert not any(v in ("*", "delete", "deletecollection", "escalate", "bind", "impersonate")
                        for _, _, v in granted)
+        assert not any(g == "coordination.k8s.io" for g, _, _ in granted)  # the Lease: a Role in one namespace
         assert ("", "secrets", "get") in granted and ("", "secrets", "list") not in granted
         assert ("", "secrets", "watch") not in granted
 

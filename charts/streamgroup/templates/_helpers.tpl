@@ -36,6 +36,10 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- end -}}
 
+{{- define "streamgroup.leaseName" -}}
+{{- include "streamgroup.fullname" . }}-operator
+{{- end -}}
+
 {{- define "streamgroup.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
