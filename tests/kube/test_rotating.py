@@ -27,7 +27,7 @@ from kubernetes import client
 
 from streamgroup_operator.building import SECRETS_VERSION
 from tests.kube.streamgroups import condition, create, deployment, eventually, get_sg, manifest
-from tests.kube.test_installing import install_namespaced
+from tests.kube.test_installing import chart_election_env, install_namespaced
 from tests.kube.test_quiet import versions, writes
 from tests.support.kube import ControlPlane
 from tests.support.operator_process import OperatorProcess
@@ -104,8 +104,10 @@ class TestRotatingThePassword:
         self, control_plane: ControlPlane, apis: Any, server: RedisServer
     ) -> None:
         """The zero-downtime way: Redis accepts both passwords while the Secret changes and the pods roll."""
-        _, watched, kubeconfig = install_namespaced(control_plane, apis.core)
-        operator = OperatorProcess(kubeconfig, [watched]).start()
+        system, watched, kubeconfig = install_namespaced(control_plane, apis.core)
+        # The chart's leader election too: its Lease in the release's namespace, under the chart's Role.
+        operator = OperatorProcess(kubeconfig, [watched], SG_OPERATOR_LEADER_ELECT_NAMESPACE="",
+                                   **chart_election_env(control_plane, system)).start()
         try:
             set_secret(apis, watched, "redis-auth", FIRST)
             for n in range(2):
