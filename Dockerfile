@@ -2,7 +2,8 @@
 # Debian base with podman when there is no Docker engine or registry):
 # - the default target: the operator, the CLI and the sidecar in one image; the Deployment picks the command;
 # - `--target sidecar`: the sidecar alone, without the operator's and CLI's dependencies nor pip and
-#   setuptools: it runs on every pod of every StreamGroup, so every node pulls it.
+#   setuptools: it runs on every pod of every StreamGroup, so every node pulls it. Built FROM scratch with
+#   only what it runs (hack/sidecar_rootfs.py): no shell, no package manager, whatever the base.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # Build stage: the locked dependencies, then the project, into a venv.
@@ -44,14 +45,19 @@ RUN /opt/tools/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation --whe
  && /opt/tools/bin/pip --python /opt/streamgroup/bin/python install --no-cache-dir --no-deps /tmp/wheels/*.whl \
  && /opt/tools/bin/pip --python /opt/streamgroup/bin/python check \
  && rm -r /opt/streamgroup/lib/python3*/site-packages/cel_expr_python/ext
+# The interpreter, the standard library it uses, the shared libraries they load (asked of ldd), the venv, CA
+# certificates and a passwd entry, into /rootfs: the whole of the sidecar image.
+COPY hack/sidecar_rootfs.py /tmp/sidecar_rootfs.py
+RUN python /tmp/sidecar_rootfs.py /opt/streamgroup /rootfs
 
-FROM ${BASE_IMAGE} AS sidecar
+FROM scratch AS sidecar
 LABEL org.opencontainers.image.title="streamgroup-sidecar" \
       org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=sidecar-build /opt/streamgroup /opt/streamgroup
-ENV PATH=/opt/streamgroup/bin:$PATH \
+COPY --from=sidecar-build /rootfs /
+ENV PATH=/opt/streamgroup/bin \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 USER 65532:65532
 EXPOSE 9400
 ENTRYPOINT ["streamgroup-sidecar"]

@@ -138,12 +138,22 @@ class _Counter:
         pass
 
 
+# Run by the image's own Python: the sidecar image has no shell (and no du) to ask.
+_SIZES = """
+import glob, json, os
+def size(top):
+    if os.path.isfile(top):
+        return os.lstat(top).st_size
+    return sum(os.lstat(os.path.join(d, f)).st_size for d, _, fs in os.walk(top) for f in fs)
+[site] = glob.glob("/opt/streamgroup/lib/python3*/site-packages")
+parts = sorted(((size(os.path.join(site, n)), n) for n in os.listdir(site)), reverse=True)[:6]
+print(json.dumps({"total": size("/opt/streamgroup"), "largest": {n: b for b, n in parts}}))
+"""
+
+
 def python_env(podman: Podman, tag: str) -> dict[str, Any]:
-    script = ("du -sb /opt/streamgroup | cut -f1; cd /opt/streamgroup/lib/python3*/site-packages && "
-              "du -sb -- * | sort -rn | head -n 6")
-    lines = podman("run", "--rm", *podman.flags, "--entrypoint", "sh", tag, "-c", script).splitlines()
-    largest = {name: int(size) / MB for size, name in (line.split("\t", 1) for line in lines[1:])}
-    return {"mb": int(lines[0]) / MB, "largest_mb": largest}
+    found = json.loads(podman("run", "--rm", *podman.flags, "--entrypoint", "python", tag, "-c", _SIZES))
+    return {"mb": found["total"] / MB, "largest_mb": {name: size / MB for name, size in found["largest"].items()}}
 
 
 def _started_at(podman: Podman, name: str) -> float:

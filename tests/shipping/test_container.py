@@ -184,6 +184,24 @@ class TestTheSidecarImage:
                          for text in LOCK["requirements/sidecar.txt"].requirements(pyproject)}
         assert sidecar_roots <= set(installed)
 
+    def test_it_is_one_layer_from_scratch_without_a_shell_or_package_manager_yet_trusts_the_ca_bundle(
+            self, podman: Podman, sidecar_image: str) -> None:
+        assert len(podman.inspect("image", sidecar_image)["RootFS"]["Layers"]) == 1, "nothing of the base image"
+        shell = podman.run("run", "--rm", *podman.flags, *LOCKED_DOWN, "--entrypoint", "sh", sidecar_image, "-c",
+                           "true", check=False)
+        assert shell.returncode != 0 and "not found" in shell.stderr
+        script = (
+            "import json, os, pwd, ssl; print(json.dumps({"
+            "'present': [p for p in ('/bin/sh', '/bin/bash', '/usr/bin/apt', '/usr/bin/dpkg', '/usr/bin/perl', "
+            "'/usr/bin/pip', '/opt/streamgroup/bin/pip', '/var/lib/dpkg') if os.path.lexists(p)], "
+            "'user': pwd.getpwuid(os.getuid()).pw_name, "
+            "'cas': len(ssl.create_default_context().get_ca_certs())}))")
+        found = json.loads(podman.run("run", "--rm", *podman.flags, *LOCKED_DOWN, "--entrypoint", "python",
+                                      sidecar_image, "-c", script).stdout)
+        assert found["present"] == []
+        assert found["user"] == "nonroot"
+        assert found["cas"] > 0, "the base's CA bundle came along (SSL_CERT_FILE)"
+
     def test_a_dapr_routing_rule_compiles_and_routes_in_it(self, podman: Podman, sidecar_image: str) -> None:
         script = (
             "import json; from streamgroup_sidecar import dapr; "

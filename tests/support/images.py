@@ -23,7 +23,7 @@ BASE_IMAGE = "localhost/debian-python:bookworm"
 REPOSITORY = {"full": "localhost/streamgroup", "sidecar": "localhost/streamgroup-sidecar"}
 # What the Dockerfile copies, and the scripts that drive the build.
 INPUTS = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "LICENSE", "requirements", "core", "sidecar",
-          "operator", "cli", "hack/image.sh", "hack/podman-env.sh")
+          "operator", "cli", "hack/image.sh", "hack/podman-env.sh", "hack/sidecar_rootfs.py")
 _SKIPPED = ("__pycache__", ".egg-info", ".pyc", ".mypy_cache", ".pytest_cache")
 
 
