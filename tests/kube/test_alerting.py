@@ -1,20 +1,24 @@
 """Every shipped alert, fired and resolved in a real Prometheus.
 
 A Prometheus server from Debian's package (tests/support/prometheus.py) scrapes the real operator
-process and the real sidecar processes every second and evaluates the chart's own alerting rules,
-rendered with helm with low thresholds and short ``for:`` durations (``SHORT``). For each alert a
-scenario on the real API server and a real redis-server brings about the symptom the alert is
-about, waits for the alert to fire in Prometheus, then removes the cause and waits for it to
-resolve. The test plays the kubelet: a replica is a Pod object plus a sidecar process started with
-the env the operator wrote into the Deployment (see tests/README.md).
+process (two of them on one Lease, for the operator's own alerts) and the real sidecar processes
+every second and evaluates the chart's own alerting rules, rendered with helm with low thresholds and
+short ``for:`` durations (``SHORT``). For each alert a scenario on the real API server and a real
+redis-server brings about the symptom the alert is about, waits for the alert to fire in Prometheus,
+then removes the cause and waits for it to resolve. The test plays the kubelet: a replica is a Pod
+object plus a sidecar process started with the env the operator wrote into the Deployment (see
+tests/README.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
+import signal
 import time
+import urllib.error
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,10 +30,12 @@ from kubernetes import client
 
 from tests.kube.streamgroups import create, deployment, eventually, manifest, sidecar_env
 from tests.support.apps import Received, RecordingApp
+from tests.support.kube import ControlPlane
 from tests.support.operator_process import OperatorProcess
 from tests.support.prometheus import PrometheusServer, render_alert_rules
 from tests.support.redis_server import RedisServer
 from tests.support.sidecar_process import SidecarProcess
+from tests.support.tcp_proxy import TcpProxy
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "billing"
@@ -46,6 +52,7 @@ SHORT = {
     "deadLettersWindow": "4s",
     "noConsumerFor": "3s",
     "operatorDownFor": "3s",
+    "operatorMultipleLeadersFor": "3s",
 }
 FIRE = 30.0
 """Seconds an alert may take to fire or resolve: a few scrapes, evaluations and resyncs, with room."""
@@ -335,14 +342,171 @@ class TestStreamGroupNoConsumerReading:
         assert r.xinfo_groups("orders")[0]["entries-read"] is None, "the case Redis cannot count"
 
 
+class Operators:
+    """Operator processes on one Lease in the test's namespace, each a target of the operator job (as the
+    chart's two pods are behind its ServiceMonitor), stopped at the test's end (their logs printed: pytest
+    shows them for a failed test). Each is named by ``POD_NAME``, which starts its Lease identity."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, prometheus: PrometheusServer) -> None:
+        self.kubeconfig = kubeconfig
+        self.namespace = namespace
+        self.prometheus = prometheus
+        self.started: list[OperatorProcess] = []
+
+    def start(self, name: str, kubeconfig: Path | None = None, lease: float = 3.0, renew: float = 2.0,
+              retry: float = 0.5, **env: str) -> OperatorProcess:
+        process = OperatorProcess(kubeconfig or self.kubeconfig, [self.namespace], POD_NAME=name,
+                                  SG_OPERATOR_LEADER_ELECT_LEASE_DURATION=f"{lease}s",
+                                  SG_OPERATOR_LEADER_ELECT_RENEW_DEADLINE=f"{renew}s",
+                                  SG_OPERATOR_LEADER_ELECT_RETRY_PERIOD=f"{retry}s", **env)
+        self.started.append(process)
+        self.prometheus.scrape(OPERATOR_JOB, [target(p) for p in self.started])
+        return process.start()
+
+    def stop(self) -> None:
+        for process in self.started:
+            if process.log.exists():  # not stopped by the test already
+                print(f"--- {process.env['POD_NAME']} log (end):\n" + process.tail(60))
+            if process.process is not None and process.process.poll() is None:
+                process.process.send_signal(signal.SIGCONT)  # a frozen one must be able to stop
+            process.stop()
+
+
+@pytest.fixture
+def bare_prometheus(alert_rules: Path) -> Iterator[PrometheusServer]:
+    """A Prometheus with no operator target yet: the test points the operator job at the processes it starts."""
+    server = PrometheusServer([alert_rules], {OPERATOR_JOB: [], SIDECAR_JOB: []})
+    with server:
+        yield server
+        print("prometheus log (end):\n" + server.logs()[-3000:])
+
+
+@pytest.fixture
+def operators(kubeconfig: Path, namespace: str, streamgroup_crd: None,
+              bare_prometheus: PrometheusServer) -> Iterator[Operators]:
+    made = Operators(kubeconfig, namespace, bare_prometheus)
+    try:
+        yield made
+    finally:
+        made.stop()
+
+
+def target(process: OperatorProcess) -> str:
+    return f"127.0.0.1:{process.port}"
+
+
+def leads(process: OperatorProcess) -> bool:
+    """The process's own ``streamgroup_operator_leader`` gauge, from its /metrics, is 1."""
+    text = process.get("/metrics")[1]
+    return re.search(r"^streamgroup_operator_leader 1\.0$", text, re.M) is not None
+
+
+def firing_with_value(prometheus: PrometheusServer, alert: str, value: float) -> dict[str, Any]:
+    """The alert firing with this value (the instances it counts all scraped)."""
+    def found() -> list[dict[str, Any]]:
+        return [a for a in prometheus.alerts(alert) if a["state"] == "firing" and float(a["value"]) == value]
+    return eventually(found, timeout=FIRE, what=f"{alert} firing with the value {value:g}")[0]
+
+
+def readiness(process: OperatorProcess) -> int:
+    try:
+        return process.get("/readyz")[0]
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def leader_and_standby(operators: Operators, prometheus: PrometheusServer, kubeconfig: Path | None = None,
+                       lease: float = 3.0, renew: float = 2.0) -> tuple[OperatorProcess, OperatorProcess]:
+    """operator-a leading, operator-b standing by, both scraped, and StreamGroupOperatorDown quiet."""
+    a = operators.start("operator-a", kubeconfig, lease=lease, renew=renew)
+    eventually(lambda: leads(a), what="operator-a leading")
+    b = operators.start("operator-b", kubeconfig, lease=lease, renew=renew)
+    eventually(lambda: '"msg":"standby"' in b.logs(), what="operator-b standing by")
+    wait_scraped(prometheus, f'sum(streamgroup_operator_leader{{job="{OPERATOR_JOB}"}}) == 1 '
+                             f'and count(up{{job="{OPERATOR_JOB}"}} == 1) == 2')
+    prometheus.wait_resolved("StreamGroupOperatorDown", timeout=FIRE)
+    return a, b
+
+
+def through(proxy: TcpProxy, kubeconfig: Path, folder: Path) -> Path:
+    """The admin's kubeconfig, with the API server reached through ``proxy``."""
+    config = json.loads(kubeconfig.read_text())  # the test control plane writes JSON (which is YAML)
+    for cluster in config["clusters"]:
+        cluster["cluster"]["server"] = f"https://{proxy.address}"
+    path = folder / "through-proxy.kubeconfig"
+    path.write_text(json.dumps(config))
+    return path
+
+
 class TestStreamGroupOperatorDown:
-    def test_fires_while_the_operator_is_stopped_and_resolves_once_it_runs_again(
-        self, operator: OperatorProcess, prometheus: PrometheusServer
+    """Two operators on one Lease, as the chart runs them: the alert follows leadership, not targets."""
+
+    def test_fires_while_every_operator_is_stopped_and_resolves_once_one_runs_again(
+        self, operators: Operators, bare_prometheus: PrometheusServer
     ) -> None:
-        wait_scraped(prometheus, f'up{{job="{OPERATOR_JOB}"}} == 1')
-        prometheus.wait_resolved("StreamGroupOperatorDown", timeout=FIRE)
-        operator.stop()
-        alert = prometheus.wait_firing("StreamGroupOperatorDown", timeout=FIRE)
+        a, b = leader_and_standby(operators, bare_prometheus)
+        assert b.stop() == 0
+        assert a.stop() == 0
+        alert = bare_prometheus.wait_firing("StreamGroupOperatorDown", timeout=FIRE)
         assert alert["labels"]["severity"] == "critical"
-        operator.start()
-        prometheus.wait_resolved("StreamGroupOperatorDown", timeout=FIRE)
+        assert float(alert["value"]) == 0, "no instance up"
+        a.start()
+        eventually(lambda: leads(a), what="operator-a leading again")
+        bare_prometheus.wait_resolved("StreamGroupOperatorDown", timeout=FIRE)
+
+    def test_fires_while_both_operators_answer_but_cannot_reach_the_lease_and_resolves_once_one_leads(
+        self, operators: Operators, bare_prometheus: PrometheusServer, control_plane: ControlPlane,
+        kubeconfig: Path, tmp_path: Path,
+    ) -> None:
+        """The case a target-down alert misses: the API server out of both pods' reach, the leader exits (it
+        could not renew) and comes back as a standby, as its pod restarts it; both healthy, nobody leading."""
+        with TcpProxy(control_plane.apiserver_port) as api_line:
+            a, b = leader_and_standby(operators, bare_prometheus, through(api_line, kubeconfig, tmp_path))
+            api_line.cut()
+            assert a.process is not None
+            assert a.process.wait(FIRE) == 1, "lost leadership"
+            a.start()  # the kubelet restarting the container
+            alert = firing_with_value(bare_prometheus, "StreamGroupOperatorDown", 2)
+            assert alert["labels"]["severity"] == "critical"
+            assert a.healthy() and b.healthy() and not leads(a) and not leads(b)
+            eventually(lambda: readiness(a) == readiness(b) == 503, what="neither reaching the Lease")
+            api_line.mend()
+            eventually(lambda: leads(a) or leads(b), timeout=FIRE, what="one of them leading")
+            bare_prometheus.wait_resolved("StreamGroupOperatorDown", timeout=FIRE)
+            assert [leads(a), leads(b)].count(True) == 1
+
+    def test_fires_while_a_frozen_leader_keeps_the_standby_waiting_and_resolves_once_the_standby_takes_over(
+        self, operators: Operators, bare_prometheus: PrometheusServer
+    ) -> None:
+        """SIGSTOP: the leader's target stops answering and it renews no more, but for the standby its Lease
+        runs until it has seen it unchanged for the lease duration (15 s, the chart's default): a leader
+        gone and nobody leading, though one pod is healthy. Then the standby leads, the old one still frozen."""
+        a, b = leader_and_standby(operators, bare_prometheus, lease=15.0, renew=10.0)
+        assert a.process is not None
+        a.process.send_signal(signal.SIGSTOP)
+        try:
+            alert = bare_prometheus.wait_firing("StreamGroupOperatorDown", timeout=FIRE)
+            assert float(alert["value"]) == 1, "the standby up"
+            eventually(lambda: leads(b), timeout=FIRE, what="operator-b taking the Lease over")
+            bare_prometheus.wait_resolved("StreamGroupOperatorDown", timeout=FIRE)
+            assert a.process.poll() is None
+            assert bare_prometheus.query(f'up{{job="{OPERATOR_JOB}", instance="{target(a)}"}} == 0'), \
+                "operator-a still frozen"
+        finally:
+            a.process.send_signal(signal.SIGCONT)
+
+
+class TestStreamGroupOperatorMultipleLeaders:
+    def test_fires_while_two_operators_lead_on_two_leases_and_resolves_once_one_stops(
+        self, operators: Operators, bare_prometheus: PrometheusServer
+    ) -> None:
+        """A split brain as it can happen: the second operator on a Lease of another name, so both lead."""
+        a = operators.start("operator-a")
+        b = operators.start("operator-b", SG_OPERATOR_LEADER_ELECT_LEASE_NAME="streamgroup-operator-other")
+        eventually(lambda: leads(a) and leads(b), what="both leading")
+        alert = bare_prometheus.wait_firing("StreamGroupOperatorMultipleLeaders", timeout=FIRE)
+        assert alert["labels"]["severity"] == "warning"
+        assert float(alert["value"]) == 2
+        assert b.stop() == 0
+        bare_prometheus.wait_resolved("StreamGroupOperatorMultipleLeaders", timeout=FIRE)
+        assert leads(a)
