@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -81,8 +82,12 @@ async def operate(settings: OperatorSettings, lease_namespace: str | None, ident
 
         kopf.on.cleanup(registry=registry, id="stop-flag")(stopped)
         namespaces = settings.watch.namespaces
+        # An identity of our own: kopf's default asks getpass.getuser(), which raises in an image whose
+        # user (65532) has no passwd entry, as containerd runs it (podman adds one, so podman alone hid it).
+        # (kopf's Identity type is a NewType of str it does not export.)
+        own: Any = identity or f"streamgroup-operator@{socket.gethostname()}"
         await kopf.operator(registry=registry, memo=kopf.Memo(state=state), standalone=True,
-                            clusterwide=not namespaces, namespaces=namespaces, stop_flag=stopping)
+                            clusterwide=not namespaces, namespaces=namespaces, stop_flag=stopping, identity=own)
     finally:
         if keeping is not None:
             # Renewing while the last API calls finish: the Lease is given up only once nothing of ours acts.

@@ -38,8 +38,10 @@ USER = "65532:65532"
 # podman itself bind-mounts /etc/hosts, /etc/hostname and /etc/resolv.conf into every container, making their
 # mount points in /etc before the root goes read-only: what `podman diff` may show that no process wrote.
 PODMAN_MOUNT_POINTS = {"C /etc", "A /etc/hosts", "A /etc/hostname", "A /etc/resolv.conf"}
+# --passwd=false: podman would add the user to the image's /etc/passwd; containerd (a real kubelet) does not,
+# and the operator once crashed on that (kopf asked getpass.getuser()).
 LOCKED_DOWN = ("--read-only", "--read-only-tmpfs=false", "--cap-drop", "ALL",
-               "--security-opt", "no-new-privileges", "--user", USER)
+               "--security-opt", "no-new-privileges", "--user", USER, "--passwd=false")
 
 
 @pytest.fixture(scope="session")
