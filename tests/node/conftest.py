@@ -52,6 +52,17 @@ class Cluster:
     api: client.ApiClient
     image: str
     """The small sidecar image, imported into the node: the sidecar and the tests' app run from it."""
+    podman: Podman
+    folder: Path
+    _full: str = ""
+
+    def full_image(self) -> str:
+        """The default target (operator, CLI, sidecar), built if needed and imported on first use only."""
+        if not self._full:
+            tag = ensure_image(self.podman, "full")
+            self.node.load(save(self.podman, "full", tag, self.folder / "full.tar"))
+            self._full = tag
+        return self._full
 
     @property
     def apps(self) -> client.AppsV1Api:
@@ -85,18 +96,24 @@ class Cluster:
         return "\n".join([*parts, self.node.logs(), self.controllers.logs()])
 
 
+def save(podman: Podman, target: str, tag: str, archive: Path) -> Path:
+    """The image as an OCI archive (hack/image.sh --save), for the node to import."""
+    saved = subprocess.run(["bash", "hack/image.sh", "--target", target, "--tag", tag, "--no-build",
+                            "--save", str(archive)], cwd=REPO, env=podman.env, capture_output=True, text=True,
+                           timeout=900)
+    assert saved.returncode == 0, f"saving {tag} failed: {saved.stderr[-3000:]}"
+    return archive
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     podman = Podman.from_script()
     image = ensure_image(podman, "sidecar")
     folder = Path(tempfile.mkdtemp(prefix="sg-images-"))
-    archive = folder / "sidecar.tar"
-    saved = subprocess.run(["bash", "hack/image.sh", "--target", "sidecar", "--tag", image, "--no-build",
-                            "--save", str(archive)], cwd=REPO, env=podman.env, capture_output=True, text=True,
-                           timeout=900)
-    assert saved.returncode == 0, f"saving {image} failed: {saved.stderr[-3000:]}"
+    archive = save(podman, "sidecar", image, folder / "sidecar.tar")
     try:
-        plane = ControlPlane()
+        # Service accounts on: pods get their account's token, as the operator's own pods need.
+        plane = ControlPlane(service_accounts=True)
     except BinariesMissing as error:
         pytest.fail(str(error), pytrace=False)
     plane.start()
@@ -111,7 +128,7 @@ def cluster() -> Iterator[Cluster]:
         node.load(archive)
         subprocess.run([*plane.kubectl_command(), "wait", "--for=condition=established", "--timeout=30s",
                         "crd/streamgroups.streamgroup.io"], check=True, capture_output=True, timeout=60)
-        yield Cluster(plane, controllers, node, api, image)
+        yield Cluster(plane, controllers, node, api, image, podman, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         api.close()  # type: ignore[no-untyped-call]

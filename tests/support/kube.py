@@ -208,7 +208,8 @@ class _Pki:
                 "basicConstraints": "critical,CA:FALSE",
                 "keyUsage": "critical,digitalSignature",
                 "extendedKeyUsage": "serverAuth",
-                "subjectAltName": "IP:127.0.0.1,DNS:localhost",
+                # And the `kubernetes` Service's address, as pods reach the API server (tests/support/node.py).
+                "subjectAltName": "IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes.default.svc",
                 "authorityKeyIdentifier": "keyid",
             },
             issuer=issuer,
@@ -231,8 +232,12 @@ class ControlPlane:
         startup_timeout: float = 90.0,
         stop_timeout: float = 15.0,
         extra_apiserver_flags: Sequence[str] = (),
+        service_accounts: bool = False,
     ) -> None:
+        """``service_accounts``: admit pods with their service account's token (needs a controller manager
+        to make each namespace's ``default`` account and publish ``kube-root-ca.crt``: tests/support/node.py)."""
         self.binaries = find_binaries(binaries_dir)
+        self.service_accounts = service_accounts
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self.extra_apiserver_flags = list(extra_apiserver_flags)
@@ -401,7 +406,7 @@ class ControlPlane:
                 "--allow-privileged=true",
                 "--service-cluster-ip-range=10.0.0.0/24",
                 # No controller-manager creates ServiceAccounts or their tokens: admitting pods would fail.
-                "--disable-admission-plugins=ServiceAccount",
+                *([] if self.service_accounts else ["--disable-admission-plugins=ServiceAccount"]),
                 f"--service-account-issuer={self.url}/",
                 f"--service-account-key-file={pki / 'service-account.pub'}",
                 f"--service-account-signing-key-file={pki / 'service-account.key'}",

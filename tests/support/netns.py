@@ -86,5 +86,9 @@ class NetworkNamespace:
         _ip("-n", self.name, "addr", "add", address, "dev", device)
         _ip("-n", self.name, "link", "set", device, "up")
 
+    def address(self, device: str, address: str) -> None:
+        """One more address (CIDR) on ``device``: the namespace answers for it."""
+        _ip("-n", self.name, "addr", "add", address, "dev", device)
+
     def delete(self) -> None:
         subprocess.run(["ip", "netns", "delete", self.name], capture_output=True, timeout=30)

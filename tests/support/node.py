@@ -48,6 +48,7 @@ from .netns import NetworkNamespace
 from .ports import free_port, terminate
 
 BRIDGE, SUBNET, GATEWAY = "sgbr0", "10.88.0.0/16", "10.88.0.1"
+KUBERNETES_SERVICE = "10.0.0.1"  # the first address of the API server's --service-cluster-ip-range
 PAUSE_IMAGE = "localhost/streamgroup-pause:1"
 NODE_BINARIES = ("kubelet", "kube-controller-manager", "kube-scheduler", "pause")
 
@@ -178,9 +179,13 @@ class RealNode:
         try:
             self.netns = NetworkNamespace("sg-node")
             self.netns.bridge(BRIDGE, f"{GATEWAY}/16")
-            # The kubelet's kubeconfig names 127.0.0.1:<port>: the same address inside the namespace.
+            # The kubelet's kubeconfig names 127.0.0.1:<port>: the same address inside the namespace. Pods
+            # reach it as the `kubernetes` Service, 10.0.0.1:443: without a kube-proxy, that address is the
+            # namespace's own (pods get there through their default route, the bridge) and a forwarder's.
             port = self.plane.apiserver_port
             self.forwarders.append(Forwarder(f"{self.netns.name}@127.0.0.1:{port}", f"127.0.0.1:{port}"))
+            self.netns.address("lo", f"{KUBERNETES_SERVICE}/32")
+            self.forwarders.append(Forwarder(f"{self.netns.name}@{KUBERNETES_SERVICE}:443", f"127.0.0.1:{port}"))
             self._start_containerd()
             self._load_pause()
             self._start_kubelet(timeout)
@@ -195,7 +200,7 @@ class RealNode:
         (cni / "net.d").mkdir(parents=True)
         (cni / "net.d" / "10-streamgroup.conflist").write_text(json.dumps({
             "cniVersion": "0.4.0", "name": "streamgroup-test",
-            "plugins": [{"type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": False,
+            "plugins": [{"type": "bridge", "bridge": BRIDGE, "isDefaultGateway": True, "ipMasq": False,
                          "ipam": {"type": "host-local", "dataDir": str(cni / "ipam"),
                                   "ranges": [[{"subnet": SUBNET, "gateway": GATEWAY}]]}}],
         }))
