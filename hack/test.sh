@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Sets everything up and runs the whole test suite: lint, types, then pytest against real
-# redis-server instances and, for the operator and the chart, a real kube-apiserver + etcd built
-# from their Go modules by hack/control-plane/build.sh (about 9 minutes on two cores the first time,
-# cached after).
+# redis-server instances and, for the operator and the chart, a real kube-apiserver + etcd, and a
+# real node (kubelet, containerd, kube-controller-manager, kube-scheduler: tests/node), built from their
+# Go modules by hack/control-plane/build.sh (10 to 15 minutes on two cores the first time, cached after).
 # Extra arguments go to pytest, e.g. `bash hack/test.sh -k delivering -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -73,7 +73,7 @@ def find_binaries(directory: Path | None = None, names: Sequence[str] = BINARIES
         raise BinariesMissing(
             f"control-plane binaries missing from {directory}: {', '.join(missing)}. "
             f"Build them with `bash {BUILD_SCRIPT.relative_to(REPO_ROOT)}` "
-            "(needs Go; about 9 minutes cold on two cores), "
+            "(needs Go; 10 to 15 minutes cold on two cores), "
             "or point STREAMGROUP_BIN_DIR at a directory that has them."
         )
     return found
