@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 import signal
 import time
@@ -35,7 +34,7 @@ from tests.support.operator_process import OperatorProcess
 from tests.support.prometheus import PrometheusServer, render_alert_rules
 from tests.support.redis_server import RedisServer
 from tests.support.sidecar_process import SidecarProcess
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import TcpProxy, through
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "billing"
@@ -426,16 +425,6 @@ def leader_and_standby(operators: Operators, prometheus: PrometheusServer, kubec
                              f'and count(up{{job="{OPERATOR_JOB}"}} == 1) == 2')
     prometheus.wait_resolved("StreamGroupOperatorDown", timeout=FIRE)
     return a, b
-
-
-def through(proxy: TcpProxy, kubeconfig: Path, folder: Path) -> Path:
-    """The admin's kubeconfig, with the API server reached through ``proxy``."""
-    config = json.loads(kubeconfig.read_text())  # the test control plane writes JSON (which is YAML)
-    for cluster in config["clusters"]:
-        cluster["cluster"]["server"] = f"https://{proxy.address}"
-    path = folder / "through-proxy.kubeconfig"
-    path.write_text(json.dumps(config))
-    return path
 
 
 class TestStreamGroupOperatorDown:

@@ -28,7 +28,7 @@ from tests.kube.streamgroups import GROUP, PLURAL, VERSION, condition, create, d
 from tests.support.kube import ControlPlane
 from tests.support.operator_process import OperatorProcess
 from tests.support.redis_server import RedisServer
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import TcpProxy, through
 
 LEASE = "streamgroup-operator"
 FAST = {"lease": 3.0, "renew": 2.0, "retry": 0.5}
@@ -254,16 +254,6 @@ class TestTakingOver:
         assert_taken_no_earlier_than_the_lease_allowed(leases, holder_a, holder_b, FAST["lease"])
         # Within the lease, counted from the kill, plus the standby's retry and a loaded machine's slack.
         assert took < FAST["lease"] + 2 * FAST["retry"] + 3.0, f"took over {took:.1f}s after the kill"
-
-
-def through(proxy: TcpProxy, kubeconfig: Path, folder: Path) -> Path:
-    """The admin's kubeconfig, with the API server reached through ``proxy``."""
-    config = json.loads(kubeconfig.read_text())  # the test control plane writes JSON (which is YAML)
-    for cluster in config["clusters"]:
-        cluster["cluster"]["server"] = f"https://{proxy.address}"
-    path = folder / "through-proxy.kubeconfig"
-    path.write_text(json.dumps(config))
-    return path
 
 
 class TestCutOff:

@@ -10,8 +10,10 @@ and new ones go through.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
+from pathlib import Path
 from types import TracebackType
 
 
@@ -125,3 +127,13 @@ class TcpProxy:
             except OSError:
                 connection.close()
                 return
+
+
+def through(proxy: TcpProxy, kubeconfig: Path, folder: Path) -> Path:
+    """The admin's kubeconfig, with the API server reached through ``proxy``."""
+    config = json.loads(kubeconfig.read_text())  # the test control plane writes JSON (which is YAML)
+    for cluster in config["clusters"]:
+        cluster["cluster"]["server"] = f"https://{proxy.address}"
+    path = folder / "through-proxy.kubeconfig"
+    path.write_text(json.dumps(config))
+    return path
