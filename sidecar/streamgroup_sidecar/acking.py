@@ -40,8 +40,9 @@ class Acker:
         self._on_batch = on_batch
         self._retry_delay = retry_delay
         self._buffer: defaultdict[str, list[str]] = defaultdict(list)
-        self._held: set[tuple[str, str]] = set()
-        """(stream, ID) of every ack buffered or on the wire."""
+        # Per stream, sets of IDs rather than one set of (stream, ID): no tuple made and hashed per entry.
+        self._held: defaultdict[str, set[str]] = defaultdict(set)
+        """The IDs of every ack buffered or on the wire, by stream."""
         self._count = 0
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
@@ -49,11 +50,11 @@ class Acker:
 
     def ack(self, stream: str, entry_ids: list[str]) -> None:
         """Queue XACKs for ``entry_ids`` of ``stream``: they go with the next round trip."""
-        held = self._held
-        new = [entry_id for entry_id in entry_ids if (stream, entry_id) not in held]
+        held = self._held[stream]
+        new = [entry_id for entry_id in entry_ids if entry_id not in held]
         if not new:
             return
-        held.update((stream, entry_id) for entry_id in new)
+        held.update(new)
         self._buffer[stream].extend(new)
         self._count += len(new)
         self._idle.clear()
@@ -61,7 +62,8 @@ class Acker:
 
     def holds(self, stream: str, entry_id: str) -> bool:
         """Whether the ack of ``entry_id`` is waiting to be sent (or on the wire): the entry is done."""
-        return (stream, entry_id) in self._held
+        held = self._held.get(stream)
+        return held is not None and entry_id in held
 
     async def run(self) -> None:
         """Flush for ever; cancel to stop (call :meth:`flush` first to send what is left)."""
@@ -95,7 +97,7 @@ class Acker:
             self._wakeup.set()
             return
         for stream, ids in batch.items():
-            self._held.difference_update((stream, entry_id) for entry_id in ids)
+            self._held[stream].difference_update(ids)
         self._on_batch()
         if self._count:
             self._wakeup.set()
